@@ -1,0 +1,108 @@
+//! The command-line contract (see the README): `run`, `plan`, `dump`, `cleanup`, `version`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// kipvs: Kubernetes Services on Linux IPVS, a drop-in for kube-proxy's ipvs mode.
+#[derive(Debug, Parser)]
+#[command(name = "kipvs", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy: keep the kernel equal to the cluster's Services.
+    Run(RunArgs),
+    /// Print the IPVS table kipvs would program for a state file.
+    Plan(PlanArgs),
+    /// Print the kernel's IPVS table as `ipvsadm -Ln` does.
+    Dump(DumpArgs),
+    /// Remove everything kipvs owns from the kernel.
+    Cleanup,
+    /// Print the version.
+    Version,
+}
+
+impl Command {
+    /// The subcommand's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Run(_) => "run",
+            Command::Plan(_) => "plan",
+            Command::Dump(_) => "dump",
+            Command::Cleanup => "cleanup",
+            Command::Version => "version",
+        }
+    }
+}
+
+/// Options of `kipvs run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// kube-proxy's KubeProxyConfiguration YAML.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// kubeconfig to reach the API server (default: in-cluster).
+    #[arg(long, conflicts_with = "state")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Replay Kubernetes manifests from a YAML file instead of watching an API server.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// This node's name, if not the hostname.
+    #[arg(long)]
+    pub hostname_override: Option<String>,
+    /// Sync once, then exit: 0 when every operation succeeded.
+    #[arg(long)]
+    pub once: bool,
+    /// Plan and log, but change nothing in the kernel.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove everything kipvs owns, then exit (as `kube-proxy --cleanup`).
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+/// Options of `kipvs plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Kubernetes manifests to plan for.
+    #[arg(long)]
+    pub state: PathBuf,
+    /// kube-proxy's KubeProxyConfiguration YAML.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Show the operations against the kernel's current state.
+    #[arg(long)]
+    pub diff: bool,
+}
+
+/// Options of `kipvs dump`.
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Counters, as `ipvsadm -Ln --stats`.
+    #[arg(long, conflicts_with = "rate")]
+    pub stats: bool,
+    /// Rates, as `ipvsadm -Ln --rate`.
+    #[arg(long)]
+    pub rate: bool,
+    /// Exact numbers, as `ipvsadm --exact`.
+    #[arg(long)]
+    pub exact: bool,
+    /// Connections, as `ipvsadm -Lnc`.
+    #[arg(long)]
+    pub connections: bool,
+    /// Rules in `ipvsadm -Sn` form.
+    #[arg(long)]
+    pub save: bool,
+    /// Show each virtual server's owning Service.
+    #[arg(long)]
+    pub services: bool,
+    /// Machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,4 @@
+//! Sources of cluster state for kipvs: Kubernetes watchers and state files (YAML
+//! manifests replayed without an API server), converted into the core's model.
+//!
+//! This crate reads; it never touches the kernel.

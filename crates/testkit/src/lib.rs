@@ -1,0 +1,162 @@
+//! Test support for kipvs' kernel tests.
+//!
+//! Kernel tests are ordinary Rust tests that need root and a kernel with IPVS. They live
+//! in integration-test targets named `kernel*` and carry
+//! `#[ignore = "kernel: run by tests/run"]`, so a plain `cargo test` lists them as
+//! ignored, never as passed; `tests/run` runs them with `--ignored`, one process per
+//! test, directly or inside the test VM.
+//!
+//! Each test works in its own network namespace: [`Netns::new`] creates one (named, so
+//! the real tools can be pointed at it), [`Netns::enter`] moves the calling thread into it
+//! (sockets opened afterwards belong to it) and [`Netns::run`] runs `ipvsadm`, `ipset`,
+//! `iptables-save` or `ip` inside it and returns what they printed.
+
+use std::fs::File;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use nix::sched::{setns, CloneFlags};
+
+/// A named network namespace that exists for as long as this value does.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+/// Restores the thread's previous network namespace when dropped.
+#[derive(Debug)]
+#[must_use = "the thread returns to its previous namespace when the guard drops"]
+pub struct EnteredNetns {
+    previous: File,
+}
+
+impl Drop for EnteredNetns {
+    fn drop(&mut self) {
+        // Best effort: a test thread that cannot go back is about to end anyway.
+        let _ = setns(&self.previous, CloneFlags::CLONE_NEWNET);
+    }
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl Netns {
+    /// Creates a fresh network namespace with `lo` up.
+    ///
+    /// # Panics
+    /// When `ip netns add` fails (not root, no `ip`): a kernel test cannot go on then.
+    pub fn new() -> Netns {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("kipvs-t{}-{}", std::process::id(), n);
+        run_checked(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// The namespace's name, as `ip netns` knows it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Moves the calling thread into this namespace until the guard drops.
+    ///
+    /// # Panics
+    /// When the namespace file cannot be opened or `setns` fails.
+    pub fn enter(&self) -> EnteredNetns {
+        let previous = File::open("/proc/thread-self/ns/net").expect("open current netns");
+        let target = File::open(format!("/run/netns/{}", self.name)).expect("open test netns");
+        setns(&target, CloneFlags::CLONE_NEWNET).expect("setns into the test netns");
+        EnteredNetns { previous }
+    }
+
+    /// Runs `program args...` inside the namespace and returns its output, whatever its
+    /// exit status.
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+    }
+
+    /// Runs `program args...` inside the namespace and returns its standard output.
+    ///
+    /// # Panics
+    /// When the program fails; the message carries its standard error.
+    pub fn run_ok(&self, program: &str, args: &[&str]) -> String {
+        let out = self.run(program, args);
+        assert!(
+            out.status.success(),
+            "`{program} {}` failed in {}: {}",
+            args.join(" "),
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a shell script inside the namespace and returns its standard output.
+    ///
+    /// # Panics
+    /// When the script fails.
+    pub fn sh(&self, script: &str) -> String {
+        self.run_ok("sh", &["-euc", script])
+    }
+
+    /// Runs `ip args...` inside the namespace and returns its standard output.
+    ///
+    /// # Panics
+    /// When `ip` fails.
+    pub fn ip(&self, args: &[&str]) -> String {
+        self.run_ok("ip", args)
+    }
+
+    /// Makes every IPv4 and IPv6 address routable in the namespace, through a dummy link
+    /// `kt-dst` carrying default routes.
+    ///
+    /// The kernel refuses an IPVS destination it has no unicast route to (EINVAL), so a
+    /// test that adds destinations calls this first.
+    pub fn route_everything(&self) {
+        self.sh(
+            "ip link add kt-dst type dummy
+             ip link set kt-dst up
+             ip addr add 198.18.255.254/32 dev kt-dst
+             ip route add default dev kt-dst
+             ip -6 addr add fd00:ffff::fffe/128 dev kt-dst nodad
+             ip -6 route add default dev kt-dst",
+        );
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Netns::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Runs a command, panicking with its standard error when it fails.
+fn run_checked(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Loads a kernel module with `modprobe`, panicking with a clear message when it is
+/// missing: inside the test VM a missing kernel feature is a failure, never a skip.
+pub fn modprobe(module: &str) {
+    run_checked(Command::new("modprobe").arg(module));
+}

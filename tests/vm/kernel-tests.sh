@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Runs kipvs' kernel tests against the running kernel, one process per test.
+#
+#   kernel-tests.sh RESULTS_DIR TEST_BINARY...
+#
+# Used directly on a host whose kernel has IPVS, and inside the test VM (tests/vm/guest-init
+# runs it under chroot). Each test binary is an integration-test target named `kernel*`
+# whose tests are all #[ignore]d: it is run with `--ignored --exact NAME`, so each test is
+# its own process with its own timeout. A missing tool or kernel module is a failure:
+# here, unlike on a laptop, nothing may be skipped.
+#
+# Writes RESULTS_DIR/summary ("passed N failed N skipped N"), RESULTS_DIR/results (one
+# "PASS|FAIL name" line per test) and RESULTS_DIR/logs/<name>.log. Exit status 0 only
+# when every test passed.
+set -uo pipefail
+
+results=$1
+shift
+per_test_timeout=${KIPVS_TEST_TIMEOUT:-300}
+filter=${KIPVS_TEST_FILTER:-}
+mkdir -p "$results/logs"
+: >"$results/results"
+passed=0
+failed=0
+
+record() { # PASS|FAIL name [reason]
+    echo "$1 $2${3:+ ($3)}" >>"$results/results"
+    echo "$1 $2${3:+ ($3)}"
+    if [ "$1" = PASS ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+}
+
+# Preflight: the tools and modules the suite relies on. Each missing one is a failure
+# with its name, so a broken VM image can never look like a green run.
+for tool in ip ipvsadm ipset iptables iptables-save ip6tables modprobe; do
+    command -v "$tool" >/dev/null 2>&1 || record FAIL "preflight::tool::$tool" "not installed"
+done
+for module in ip_vs dummy veth ip_set; do
+    modprobe "$module" >"$results/logs/modprobe-$module.log" 2>&1 ||
+        record FAIL "preflight::module::$module" "$(tr '\n' ' ' <"$results/logs/modprobe-$module.log")"
+done
+
+for bin in "$@"; do
+    suite=$(basename "$bin" | sed 's/-[0-9a-f]*$//')
+    if ! list=$("$bin" --list --ignored --format terse 2>&1); then
+        record FAIL "$suite" "cannot list tests: $list"
+        continue
+    fi
+    while IFS= read -r line; do
+        case "$line" in *": test") ;; *) continue ;; esac
+        name=${line%: test}
+        if [ -n "$filter" ] && [[ "$suite::$name" != *"$filter"* ]]; then continue; fi
+        log="$results/logs/$suite::$name.log"
+        start=$(date +%s)
+        timeout --kill-after=10 "$per_test_timeout" \
+            "$bin" --ignored --exact "$name" --test-threads=1 --nocapture >"$log" 2>&1
+        rc=$?
+        took=$(($(date +%s) - start))
+        if [ $rc -eq 0 ] && grep -q "test result: ok. 1 passed" "$log"; then
+            record PASS "$suite::$name" "${took}s"
+        elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+            record FAIL "$suite::$name" "timed out after ${per_test_timeout}s"
+            tail -n 20 "$log" | sed 's/^/    /'
+        else
+            record FAIL "$suite::$name" "exit $rc"
+            tail -n 30 "$log" | sed 's/^/    /'
+        fi
+    done <<<"$list"
+done
+
+echo "passed $passed failed $failed skipped 0" >"$results/summary"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
