@@ -221,10 +221,7 @@ impl Scheduler {
 
     /// Whether the scheduler reads the `sh-fallback`/`sh-port` (or `mh-*`) flags.
     pub fn uses_hash_flags(&self) -> bool {
-        matches!(
-            self,
-            Scheduler::SourceHashing | Scheduler::MaglevHashing
-        )
+        matches!(self, Scheduler::SourceHashing | Scheduler::MaglevHashing)
     }
 }
 
@@ -249,7 +246,9 @@ impl fmt::Display for Scheduler {
 
 /// Virtual service flags a user sets (`IP_VS_SVC_F_*`, without the kernel-internal
 /// `HASHED` bit, which the codec strips on decode).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct ServiceFlags {
     /// Persistent service (`IP_VS_SVC_F_PERSISTENT`, 0x1): a client sticks to one destination.
     pub persistent: bool,
@@ -302,7 +301,9 @@ impl Service {
 }
 
 /// How packets reach a destination (`IP_VS_CONN_F_FWD_MASK` values).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub enum ForwardMethod {
     /// NAT (`IP_VS_CONN_F_MASQ`, 0): ipvsadm prints `Masq`.
     #[default]
@@ -318,7 +319,9 @@ pub enum ForwardMethod {
 }
 
 /// Tunnel encapsulation of a [`ForwardMethod::Tunnel`] destination.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct TunnelConfig {
     /// Encapsulation type.
     pub kind: TunnelKind,
@@ -329,7 +332,9 @@ pub struct TunnelConfig {
 }
 
 /// Tunnel encapsulation type (`IP_VS_CONN_F_TUNNEL_TYPE_*`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub enum TunnelKind {
     /// Plain IP-in-IP (0).
     #[default]

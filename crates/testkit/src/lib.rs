@@ -114,17 +114,15 @@ impl Netns {
     /// Makes every IPv4 and IPv6 address routable in the namespace, through a dummy link
     /// `kt-dst` carrying default routes.
     ///
-    /// The kernel refuses an IPVS destination it has no unicast route to (EINVAL), so a
-    /// test that adds destinations calls this first.
+    /// For tests that send traffic towards addresses nothing else in the namespace
+    /// routes. (IPVS itself accepts unicast destinations without a route.)
     pub fn route_everything(&self) {
-        self.sh(
-            "ip link add kt-dst type dummy
+        self.sh("ip link add kt-dst type dummy
              ip link set kt-dst up
              ip addr add 198.18.255.254/32 dev kt-dst
              ip route add default dev kt-dst
              ip -6 addr add fd00:ffff::fffe/128 dev kt-dst nodad
-             ip -6 route add default dev kt-dst",
-        );
+             ip -6 route add default dev kt-dst");
     }
 }
 
