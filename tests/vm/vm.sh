@@ -2,7 +2,10 @@
 # The test VM: Debian's distro kernel (it has IPVS, dummy, veth, ipset and nftables)
 # booted under qemu with the host's root mounted read-only over 9p.
 #
-#   vm.sh run JOB_SCRIPT RESULTS_DIR   boot once, run JOB_SCRIPT as root inside, power off
+#   vm.sh run JOB_SCRIPT RESULTS_DIR [DIR...]
+#                                      boot once, run JOB_SCRIPT as root inside, power off;
+#                                      each DIR is visible read-only at its own path even
+#                                      where the guest's /tmp or /run would hide it
 #   vm.sh check                        say whether a VM can run here (exit 0) or why not
 #
 # JOB_SCRIPT is copied into RESULTS_DIR (a writable 9p share, /tmp/kipvs-results inside)
@@ -75,13 +78,22 @@ initramfs() {
 }
 
 run() {
-    local job=$1 results=$2 kver initrd accel status
+    local job=$1 results=$2 kver initrd accel status dir n=0
+    shift 2
+    local shares=()
     why=$(check) || die "$why"
     kver=$(kernel_version)
     initrd=$(initramfs "$kver")
     mkdir -p "$results"
     rm -f "$results/exit-status"
     cp "$job" "$results/job.sh"
+    : >"$results/shares"
+    for dir in "$@"; do
+        dir=$(cd "$dir" && pwd -P)
+        n=$((n + 1))
+        echo "share$n $dir" >>"$results/shares"
+        shares+=(-virtfs "local,path=$dir,mount_tag=share$n,security_model=none,readonly=on,multidevs=remap")
+    done
     accel=${KIPVS_VM_ACCEL:-tcg}
     local cpu=max
     [ "$accel" = kvm ] && cpu=host
@@ -94,7 +106,8 @@ run() {
         -kernel "/boot/vmlinuz-$kver" -initrd "$initrd" \
         -append "console=ttyS0 panic=-1 oops=panic rdinit=/init loglevel=4 net.ifnames=0" \
         -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
-        -virtfs "local,path=$results,mount_tag=results,security_model=none,multidevs=remap"
+        -virtfs "local,path=$results,mount_tag=results,security_model=none,multidevs=remap" \
+        "${shares[@]}"
     status=$?
     set -e
     if grep -q "Kernel panic" "$results/console.log" 2>/dev/null; then
@@ -116,7 +129,7 @@ run() {
 }
 
 case "${1:-}" in
-    run) [ $# -eq 3 ] || die "usage: vm.sh run JOB_SCRIPT RESULTS_DIR"; run "$2" "$3" ;;
+    run) [ $# -ge 3 ] || die "usage: vm.sh run JOB_SCRIPT RESULTS_DIR [DIR...]"; shift; run "$@" ;;
     check) check ;;
-    *) die "usage: vm.sh run JOB_SCRIPT RESULTS_DIR | vm.sh check" ;;
+    *) die "usage: vm.sh run JOB_SCRIPT RESULTS_DIR [DIR...] | vm.sh check" ;;
 esac
