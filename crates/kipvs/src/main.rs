@@ -2,11 +2,10 @@
 //! `mode: "ipvs"`. This binary is the imperative shell: command line, configuration,
 //! the sync loop and the servers; every decision lives in `kipvs-proxy`.
 
-mod cli;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use kipvs::cli;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

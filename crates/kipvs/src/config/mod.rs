@@ -1,0 +1,413 @@
+//! kipvs' configuration: kube-proxy's `KubeProxyConfiguration` file, read unchanged, with
+//! kube-proxy's defaults, resolved into the settings kipvs runs with.
+//!
+//! A bad file refuses to start kipvs with a message naming the file, line, column and
+//! field. Fields kube-proxy knows but kipvs does not use are accepted and reported once
+//! ([`Loaded::unused_fields`]), so a kube-proxy ConfigMap works as it is.
+
+pub mod duration;
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use kipvs_ipvs::Scheduler;
+
+pub use schema::{DetectLocalMode, NodePortAddress};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A field is unknown, of the wrong type or has a bad value.
+    #[error("{origin}:{line}:{column}: {field}: {message}")]
+    Invalid {
+        /// The file (or `<inline>`).
+        origin: String,
+        /// 1-based line, 0 when unknown.
+        line: usize,
+        /// 1-based column, 0 when unknown.
+        column: usize,
+        /// Dotted path of the field (`ipvs.scheduler`), or `.` for the document.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// How kipvs recognises traffic from this node's pods (which is not masqueraded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalDetection {
+    /// Source address within these CIDRs; none configured means "masquerade nothing
+    /// on this basis", as kube-proxy does with an empty clusterCIDR.
+    ClusterCidrs(Vec<IpNet>),
+    /// Source within the Node's `spec.podCIDRs`.
+    NodeCidr,
+    /// Arriving through this bridge.
+    BridgeInterface(String),
+    /// Arriving through an interface whose name starts with this prefix.
+    InterfaceNamePrefix(String),
+}
+
+/// IPVS settings after defaulting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpvsSettings {
+    /// Verify-and-repair period.
+    pub sync_period: Duration,
+    /// Coalescing window for changes.
+    pub min_sync_period: Duration,
+    /// Default scheduler.
+    pub scheduler: Scheduler,
+    /// Ranges whose virtual services kipvs never touches.
+    pub exclude_cidrs: Vec<IpNet>,
+    /// arp_ignore/arp_announce.
+    pub strict_arp: bool,
+    /// IPVS TCP timeout (zero: leave the kernel's).
+    pub tcp_timeout: Duration,
+    /// IPVS TCP FIN timeout (zero: leave the kernel's).
+    pub tcp_fin_timeout: Duration,
+    /// IPVS UDP timeout (zero: leave the kernel's).
+    pub udp_timeout: Duration,
+}
+
+/// The settings kipvs runs with: kube-proxy's configuration after defaulting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// kubeconfig path; `None` means in-cluster configuration.
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name, when not the hostname.
+    pub hostname_override: Option<String>,
+    /// The node's primary IP, when it overrides the Node object's.
+    pub bind_address: Option<IpAddr>,
+    /// Health server address.
+    pub healthz_bind_address: SocketAddr,
+    /// Metrics server address.
+    pub metrics_bind_address: SocketAddr,
+    /// Exit when a server cannot bind its port.
+    pub bind_address_hard_fail: bool,
+    /// Local traffic detection.
+    pub local_detection: LocalDetection,
+    /// Pod network(s).
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Where NodePorts are served; empty means every local address.
+    pub node_port_addresses: Vec<NodePortAddress>,
+    /// Masquerade all Service traffic.
+    pub masquerade_all: bool,
+    /// Bit of the packet mark that flags traffic for masquerade.
+    pub masquerade_bit: u8,
+    /// IPVS settings.
+    pub ipvs: IpvsSettings,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// klog-style verbosity.
+    pub verbosity: u32,
+    /// Feature gates as given.
+    pub feature_gates: BTreeMap<String, bool>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_schema(schema::KubeProxyConfiguration::default())
+    }
+}
+
+/// A configuration file, read and resolved.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The settings.
+    pub config: Config,
+    /// Fields set in the file that kipvs accepts but does not use (dotted paths), to be
+    /// logged once at start.
+    pub unused_fields: Vec<String>,
+}
+
+/// Fields kube-proxy knows that kipvs accepts without acting on them.
+const UNUSED_FIELDS: &[&str] = &[
+    "featureGates",
+    "clientConnection.acceptContentTypes",
+    "clientConnection.contentType",
+    "clientConnection.qps",
+    "clientConnection.burst",
+    "logging.flushFrequency",
+    "logging.vmodule",
+    "logging.options",
+    "enableProfiling",
+    "showHiddenMetricsForVersion",
+    "iptables.localhostNodePorts",
+    "iptables.snatNodeInternalIP",
+    "iptables.syncPeriod",
+    "iptables.minSyncPeriod",
+    "nftables",
+    "winkernel",
+    "oomScoreAdj",
+    "conntrack",
+    "configSyncPeriod",
+    "portRange",
+    "windowsRunAsService",
+];
+
+impl Config {
+    /// Reads and resolves a configuration file.
+    ///
+    /// Fails when the file cannot be read, is not YAML, has an unknown field, a value of
+    /// the wrong type or an invalid value (the error names file, line, column and field).
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and resolves configuration text; `origin` names it in errors.
+    ///
+    /// Fails as [`Config::load`] does.
+    pub fn parse(text: &str, origin: &str) -> Result<Loaded, ConfigError> {
+        let raw: schema::KubeProxyConfiguration = if text.trim().is_empty() {
+            schema::KubeProxyConfiguration::default()
+        } else {
+            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)).map_err(
+                |err| {
+                    let field = err.path().to_string();
+                    let inner = err.into_inner();
+                    // serde_yaml places errors raised while reading a value at the start of
+                    // the enclosing mapping; the field's own line is more useful.
+                    let (line, column) = match locate(text, &field) {
+                        (0, _) => inner
+                            .location()
+                            .map_or((0, 0), |loc| (loc.line(), loc.column())),
+                        found => found,
+                    };
+                    ConfigError::Invalid {
+                        origin: origin.to_owned(),
+                        line,
+                        column,
+                        field,
+                        message: strip_location(&inner.to_string()),
+                    }
+                },
+            )?
+        };
+        let config = Config::from_schema(raw);
+        config.validate(text, origin)?;
+        let unused_fields = set_fields(text)
+            .into_iter()
+            .filter(|path| {
+                UNUSED_FIELDS
+                    .iter()
+                    .any(|unused| path == unused || path.starts_with(&format!("{unused}.")))
+            })
+            .collect();
+        Ok(Loaded {
+            config,
+            unused_fields,
+        })
+    }
+
+    /// Applies kube-proxy's defaults to what the file says.
+    fn from_schema(raw: schema::KubeProxyConfiguration) -> Config {
+        let ipvs = raw.ipvs.unwrap_or_default();
+        let iptables = raw.iptables.unwrap_or_default();
+        let logging = raw.logging.unwrap_or_default();
+        let detect_local = raw.detect_local.unwrap_or_default();
+        let cluster_cidrs = raw.cluster_cidr.unwrap_or_default();
+        let non_zero = |d: Option<Duration>| d.filter(|d| !d.is_zero());
+        let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
+        let local_detection = match raw.detect_local_mode.unwrap_or_default() {
+            DetectLocalMode::ClusterCidr => LocalDetection::ClusterCidrs(
+                detect_local
+                    .cluster_cidrs
+                    .filter(|c| !c.is_empty())
+                    .unwrap_or_else(|| cluster_cidrs.clone()),
+            ),
+            DetectLocalMode::NodeCidr => LocalDetection::NodeCidr,
+            DetectLocalMode::BridgeInterface => {
+                LocalDetection::BridgeInterface(detect_local.bridge_interface.unwrap_or_default())
+            }
+            DetectLocalMode::InterfaceNamePrefix => LocalDetection::InterfaceNamePrefix(
+                detect_local.interface_name_prefix.unwrap_or_default(),
+            ),
+        };
+        let ipv6_bind = matches!(raw.bind_address, Some(IpAddr::V6(_)));
+        let default_addr =
+            |v4: IpAddr, v6: IpAddr, port| SocketAddr::new(if ipv6_bind { v6 } else { v4 }, port);
+        Config {
+            kubeconfig: raw
+                .client_connection
+                .and_then(|c| non_empty(c.kubeconfig))
+                .map(PathBuf::from),
+            hostname_override: non_empty(raw.hostname_override),
+            bind_address: raw.bind_address.filter(|a| !a.is_unspecified()),
+            healthz_bind_address: raw.healthz_bind_address.unwrap_or_else(|| {
+                default_addr(
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                    10256,
+                )
+            }),
+            metrics_bind_address: raw.metrics_bind_address.unwrap_or_else(|| {
+                default_addr(
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+                    10249,
+                )
+            }),
+            bind_address_hard_fail: raw.bind_address_hard_fail.unwrap_or(false),
+            local_detection,
+            cluster_cidrs,
+            node_port_addresses: raw.node_port_addresses.unwrap_or_default(),
+            masquerade_all: iptables.masquerade_all.unwrap_or(false),
+            masquerade_bit: iptables.masquerade_bit.unwrap_or(14),
+            ipvs: IpvsSettings {
+                sync_period: non_zero(ipvs.sync_period).unwrap_or(Duration::from_secs(30)),
+                min_sync_period: ipvs.min_sync_period.unwrap_or(Duration::ZERO),
+                scheduler: ipvs.scheduler.unwrap_or(Scheduler::RoundRobin),
+                exclude_cidrs: ipvs.exclude_cidrs.unwrap_or_default(),
+                strict_arp: ipvs.strict_arp.unwrap_or(false),
+                tcp_timeout: ipvs.tcp_timeout.unwrap_or(Duration::ZERO),
+                tcp_fin_timeout: ipvs.tcp_fin_timeout.unwrap_or(Duration::ZERO),
+                udp_timeout: ipvs.udp_timeout.unwrap_or(Duration::ZERO),
+            },
+            log_format: match logging.format.as_deref() {
+                Some("json") => LogFormat::Json,
+                _ => LogFormat::Text,
+            },
+            verbosity: logging.verbosity.unwrap_or(0),
+            feature_gates: raw.feature_gates.unwrap_or_default(),
+        }
+    }
+
+    /// Checks rules that span fields, as kube-proxy's validation does.
+    fn validate(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| {
+            let (line, column) = locate(text, field);
+            ConfigError::Invalid {
+                origin: origin.to_owned(),
+                line,
+                column,
+                field: field.to_owned(),
+                message,
+            }
+        };
+        if self.ipvs.min_sync_period > self.ipvs.sync_period {
+            return Err(invalid(
+                "ipvs.minSyncPeriod",
+                format!(
+                    "must not exceed ipvs.syncPeriod ({})",
+                    duration::format_go_duration(self.ipvs.sync_period)
+                ),
+            ));
+        }
+        if self.cluster_cidrs.len() > 2
+            || (self.cluster_cidrs.len() == 2
+                && self.cluster_cidrs[0].addr().is_ipv4() == self.cluster_cidrs[1].addr().is_ipv4())
+        {
+            return Err(invalid(
+                "clusterCIDR",
+                "expected one CIDR, or an IPv4 and an IPv6 CIDR separated by a comma".to_owned(),
+            ));
+        }
+        match &self.local_detection {
+            LocalDetection::BridgeInterface(name) if name.is_empty() => Err(invalid(
+                "detectLocal.bridgeInterface",
+                "must be set when detectLocalMode is BridgeInterface".to_owned(),
+            )),
+            LocalDetection::InterfaceNamePrefix(prefix) if prefix.is_empty() => Err(invalid(
+                "detectLocal.interfaceNamePrefix",
+                "must be set when detectLocalMode is InterfaceNamePrefix".to_owned(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// serde_yaml appends " at line L column C" to messages; the error names them already.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// Dotted paths of every field that has a value other than null, false, zero, empty or
+/// `0s`: what the user actually set.
+fn set_fields(text: &str) -> Vec<String> {
+    fn walk(prefix: &str, value: &serde_yaml::Value, out: &mut Vec<String>) {
+        use serde_yaml::Value;
+        match value {
+            Value::Mapping(map) => {
+                for (key, value) in map {
+                    let Some(key) = key.as_str() else { continue };
+                    let path = if prefix.is_empty() {
+                        key.to_owned()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    walk(&path, value, out);
+                }
+            }
+            Value::Null | Value::Bool(false) => {}
+            Value::Number(n) if n.as_f64() == Some(0.0) => {}
+            Value::String(s) if s.is_empty() || s == "0s" || s == "0" => {}
+            Value::Sequence(items) if items.is_empty() => {}
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(text) {
+        walk("", &value, &mut out);
+    }
+    out
+}
+
+/// The 1-based line and column where the dotted `field` (`ipvs.scheduler`, or
+/// `nodePortAddresses[1]`, located at its key) is written in block-style YAML; `(0, 0)`
+/// when it is not found. serde cannot place errors found after reading a value.
+fn locate(text: &str, field: &str) -> (usize, usize) {
+    let wanted: Vec<&str> = field
+        .split('.')
+        .map(|part| part.split('[').next().unwrap_or(part))
+        .collect();
+    let mut stack: Vec<(usize, &str)> = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with('-') {
+            continue;
+        }
+        let Some((key, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        let indent = line.len() - trimmed.len();
+        while stack.last().is_some_and(|(i, _)| *i >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, key.trim().trim_matches('"')));
+        if stack.len() == wanted.len() && stack.iter().map(|(_, k)| *k).eq(wanted.iter().copied()) {
+            return (index + 1, indent + 1);
+        }
+    }
+    (0, 0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,300 @@
+use super::*;
+
+/// What `kubeadm config print init-defaults --component-configs KubeProxyConfiguration`
+/// writes, switched to ipvs mode: every field present, most of them null or zero.
+const KUBEADM_STYLE: &str = r#"
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+bindAddress: 0.0.0.0
+bindAddressHardFail: false
+clientConnection:
+  acceptContentTypes: ""
+  burst: 0
+  contentType: ""
+  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf
+  qps: 0
+clusterCIDR: 10.244.0.0/16,fd00:10:244::/56
+configSyncPeriod: 0s
+conntrack:
+  maxPerCore: null
+  min: null
+  tcpBeLiberal: false
+  tcpCloseWaitTimeout: null
+  tcpEstablishedTimeout: null
+  udpStreamTimeout: 0s
+  udpTimeout: 0s
+detectLocal:
+  bridgeInterface: ""
+  interfaceNamePrefix: ""
+detectLocalMode: ""
+enableProfiling: false
+healthzBindAddress: ""
+hostnameOverride: ""
+iptables:
+  localhostNodePorts: null
+  masqueradeAll: false
+  masqueradeBit: null
+  minSyncPeriod: 0s
+  syncPeriod: 0s
+ipvs:
+  excludeCIDRs: null
+  minSyncPeriod: 0s
+  scheduler: ""
+  strictARP: false
+  syncPeriod: 0s
+  tcpFinTimeout: 0s
+  tcpTimeout: 0s
+  udpTimeout: 0s
+kind: KubeProxyConfiguration
+logging:
+  flushFrequency: 0
+  options:
+    json:
+      infoBufferSize: "0"
+    text:
+      infoBufferSize: "0"
+  verbosity: 0
+metricsBindAddress: ""
+mode: ipvs
+nftables:
+  masqueradeAll: false
+  masqueradeBit: null
+  minSyncPeriod: 0s
+  syncPeriod: 0s
+nodePortAddresses: null
+oomScoreAdj: null
+portRange: ""
+showHiddenMetricsForVersion: ""
+winkernel:
+  enableDSR: false
+  forwardHealthCheckVip: false
+  networkName: ""
+  rootHnsEndpointName: ""
+  sourceVip: ""
+"#;
+
+fn parse(text: &str) -> Result<Loaded, ConfigError> {
+    Config::parse(text, "test.yaml")
+}
+
+fn invalid(text: &str) -> (usize, usize, String, String) {
+    match parse(text) {
+        Err(ConfigError::Invalid {
+            origin,
+            line,
+            column,
+            field,
+            message,
+        }) => {
+            assert_eq!(origin, "test.yaml");
+            (line, column, field, message)
+        }
+        other => panic!("expected an invalid-config error, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_empty_file_gives_kube_proxy_defaults() {
+    let config = parse("").unwrap().config;
+    assert_eq!(config, Config::default());
+    assert_eq!(config.ipvs.scheduler, Scheduler::RoundRobin);
+    assert_eq!(config.ipvs.sync_period, Duration::from_secs(30));
+    assert_eq!(config.ipvs.min_sync_period, Duration::ZERO);
+    assert_eq!(config.masquerade_bit, 14);
+    assert_eq!(
+        config.healthz_bind_address,
+        "0.0.0.0:10256".parse().unwrap()
+    );
+    assert_eq!(
+        config.metrics_bind_address,
+        "127.0.0.1:10249".parse().unwrap()
+    );
+    assert_eq!(config.kubeconfig, None);
+    assert!(config.node_port_addresses.is_empty());
+}
+
+#[test]
+fn kubeadm_style_config_with_nulls_and_zeros_loads_with_defaults() {
+    let loaded = parse(KUBEADM_STYLE).unwrap();
+    let config = loaded.config;
+    assert_eq!(
+        config.kubeconfig,
+        Some(PathBuf::from("/var/lib/kube-proxy/kubeconfig.conf"))
+    );
+    assert_eq!(config.ipvs.scheduler, Scheduler::RoundRobin);
+    assert_eq!(config.ipvs.sync_period, Duration::from_secs(30));
+    assert_eq!(config.masquerade_bit, 14);
+    assert_eq!(config.bind_address, None, "0.0.0.0 means unset");
+    assert_eq!(
+        config.cluster_cidrs,
+        vec![
+            "10.244.0.0/16".parse::<IpNet>().unwrap(),
+            "fd00:10:244::/56".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        config.local_detection,
+        LocalDetection::ClusterCidrs(config.cluster_cidrs.clone())
+    );
+    // Only what is actually set counts as "set but unused"; zeros and nulls do not.
+    assert!(
+        loaded.unused_fields.is_empty(),
+        "{:?}",
+        loaded.unused_fields
+    );
+}
+
+#[test]
+fn the_annotated_example_config_loads() {
+    let text = include_str!("../../../../config/kube-proxy.yaml");
+    let loaded = parse(text).unwrap();
+    assert!(
+        loaded.unused_fields.is_empty(),
+        "{:?}",
+        loaded.unused_fields
+    );
+    let config = loaded.config;
+    assert!(config.ipvs.strict_arp);
+    assert_eq!(
+        config.metrics_bind_address,
+        "0.0.0.0:10249".parse().unwrap()
+    );
+    assert_eq!(
+        config.cluster_cidrs,
+        vec!["10.244.0.0/16".parse::<IpNet>().unwrap()]
+    );
+}
+
+#[test]
+fn ipvs_settings_are_read() {
+    let config = parse(
+        "ipvs:\n  scheduler: mh\n  syncPeriod: 1m\n  minSyncPeriod: 1s\n  excludeCIDRs: [10.0.0.0/8]\n  tcpTimeout: 900s\n  udpTimeout: 30s\n",
+    )
+    .unwrap()
+    .config;
+    assert_eq!(config.ipvs.scheduler, Scheduler::MaglevHashing);
+    assert_eq!(config.ipvs.sync_period, Duration::from_secs(60));
+    assert_eq!(config.ipvs.min_sync_period, Duration::from_secs(1));
+    assert_eq!(
+        config.ipvs.exclude_cidrs,
+        vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]
+    );
+    assert_eq!(config.ipvs.tcp_timeout, Duration::from_secs(900));
+    assert_eq!(config.ipvs.udp_timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn an_unknown_field_is_refused_with_its_path_line_and_column() {
+    let (line, column, field, message) =
+        invalid("mode: ipvs\nipvs:\n  scheduler: rr\n  schedular: lc\n");
+    assert_eq!((line, column), (4, 3));
+    assert_eq!(field, "ipvs.schedular");
+    assert!(message.contains("unknown field `schedular`"), "{message}");
+}
+
+#[test]
+fn a_wrong_type_is_refused_with_its_field() {
+    let (line, column, field, message) = invalid("ipvs:\n  syncPeriod: 30\n");
+    assert_eq!((line, column), (2, 3));
+    assert_eq!(field, "ipvs.syncPeriod");
+    assert!(message.contains("duration"), "{message}");
+    let (line, _, field, _) = invalid("iptables:\n  masqueradeAll: yes please\n");
+    assert_eq!((line, field.as_str()), (2, "iptables.masqueradeAll"));
+}
+
+#[test]
+fn a_mode_other_than_ipvs_is_refused() {
+    let (line, column, field, message) = invalid("kind: KubeProxyConfiguration\nmode: iptables\n");
+    assert_eq!((line, column, field.as_str()), (2, 1, "mode"));
+    assert!(message.contains("not supported"), "{message}");
+    assert!(parse("mode: \"\"\n").is_ok(), "an empty mode means ipvs");
+}
+
+#[test]
+fn bad_values_are_refused_where_they_are_written() {
+    let cases = [
+        ("ipvs:\n  scheduler: Round-Robin\n", "ipvs.scheduler", 2),
+        ("clusterCIDR: 10.244.0.0/33\n", "clusterCIDR", 1),
+        (
+            "iptables:\n  masqueradeBit: 40\n",
+            "iptables.masqueradeBit",
+            2,
+        ),
+        (
+            "nodePortAddresses: [primary, nowhere]\n",
+            "nodePortAddresses[1]",
+            1,
+        ),
+        ("metricsBindAddress: localhost\n", "metricsBindAddress", 1),
+        ("detectLocalMode: Magic\n", "detectLocalMode", 1),
+        (
+            "apiVersion: kubeproxy.config.k8s.io/v1beta9\n",
+            "apiVersion",
+            1,
+        ),
+        (
+            "ipvs:\n  excludeCIDRs: [10.0.0.0/8, bogus]\n",
+            "ipvs.excludeCIDRs",
+            2,
+        ),
+        ("oomScoreAdj: -5000\n", "oomScoreAdj", 1),
+    ];
+    for (text, want_field, want_line) in cases {
+        let (line, _, field, message) = invalid(text);
+        assert_eq!(field, want_field, "{text:?}: {message}");
+        assert_eq!(line, want_line, "{text:?}: {message}");
+    }
+}
+
+#[test]
+fn cross_field_rules_name_the_line_of_the_field() {
+    let (line, _, field, message) = invalid("ipvs:\n  syncPeriod: 10s\n  minSyncPeriod: 1m\n");
+    assert_eq!((line, field.as_str()), (3, "ipvs.minSyncPeriod"));
+    assert!(message.contains("10s"), "{message}");
+    let (_, _, field, _) = invalid("detectLocalMode: BridgeInterface\n");
+    assert_eq!(field, "detectLocal.bridgeInterface");
+    let (_, _, field, _) = invalid("clusterCIDR: 10.0.0.0/8,10.1.0.0/16\n");
+    assert_eq!(field, "clusterCIDR");
+}
+
+#[test]
+fn node_port_addresses_accept_keywords_and_cidrs() {
+    let config = parse("nodePortAddresses: [primary, 192.168.0.0/16, localhost, all]\n")
+        .unwrap()
+        .config;
+    assert_eq!(
+        config.node_port_addresses,
+        vec![
+            NodePortAddress::Primary,
+            NodePortAddress::Cidr("192.168.0.0/16".parse().unwrap()),
+            NodePortAddress::Localhost,
+            NodePortAddress::All,
+        ]
+    );
+}
+
+#[test]
+fn set_but_unused_fields_are_reported() {
+    let loaded =
+        parse("conntrack:\n  maxPerCore: 32768\nenableProfiling: true\nipvs:\n  strictARP: true\n")
+            .unwrap();
+    assert_eq!(
+        loaded.unused_fields,
+        vec!["conntrack.maxPerCore", "enableProfiling"]
+    );
+}
+
+#[test]
+fn an_ipv6_bind_address_moves_the_default_servers_to_ipv6() {
+    let config = parse("bindAddress: fd00::10\n").unwrap().config;
+    assert_eq!(config.healthz_bind_address, "[::]:10256".parse().unwrap());
+    assert_eq!(config.metrics_bind_address, "[::1]:10249".parse().unwrap());
+}
+
+#[test]
+fn a_missing_file_names_the_path() {
+    let err = Config::load(Path::new("/nonexistent/kube-proxy.yaml")).unwrap_err();
+    assert!(
+        err.to_string().contains("/nonexistent/kube-proxy.yaml"),
+        "{err}"
+    );
+}
