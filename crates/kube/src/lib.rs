@@ -2,3 +2,5 @@
 //! manifests replayed without an API server), converted into the core's model.
 //!
 //! This crate reads; it never touches the kernel.
+
+pub mod state_file;
