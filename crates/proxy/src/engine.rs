@@ -208,6 +208,7 @@ impl Proxier {
         let scope = Scope {
             node: &self.node,
             config: &self.config,
+            fresh_counters: false,
         };
         let plan = plan_touched(
             &self.desired,
@@ -227,19 +228,144 @@ impl Proxier {
     /// dump).
     pub fn verify(&mut self, observed: &Observed, now: Moment) -> Plan {
         self.kernel = KernelState::from_observed(observed);
-        self.resync(now)
+        self.full_pass(now, true)
     }
 
     /// A whole-cluster pass against the kernel state kipvs believes in: what kube-proxy
     /// does for every change. Kept for comparison and for configuration changes.
     pub fn resync(&mut self, now: Moment) -> Plan {
+        self.full_pass(now, false)
+    }
+
+    fn full_pass(&mut self, now: Moment, fresh_counters: bool) -> Plan {
         self.recompute_all();
         let scope = Scope {
             node: &self.node,
             config: &self.config,
+            fresh_counters,
         };
         let plan = plan_full(&self.desired, &self.kernel, scope, &mut self.drain, now);
         self.kernel.apply(&plan);
         plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kipvs_ipvs::Scheduler;
+
+    use super::*;
+    use crate::observed::apply;
+    use crate::plan::IpvsOp;
+    use crate::testutil::*;
+
+    fn cluster(n: u8) -> (Proxier, Observed) {
+        let mut p = Proxier::new(Config::default(), node());
+        for i in 0..n {
+            let name = format!("svc{i}");
+            p.upsert_service(service(raw_service(&name, &format!("10.96.0.{i}"))));
+            p.upsert_slice(slice(raw_slice(
+                &name,
+                "1",
+                vec![
+                    endpoint(&format!("10.244.{i}.1"), "b"),
+                    endpoint(&format!("10.244.{i}.2"), "c"),
+                ],
+            )));
+        }
+        let mut observed = Observed::default();
+        let plan = p.verify(&observed, Moment::from_secs(0));
+        apply(&plan, &mut observed);
+        (p, observed)
+    }
+
+    #[test]
+    fn a_verify_with_no_drift_plans_nothing() {
+        let (mut p, observed) = cluster(20);
+        assert!(p.verify(&observed, Moment::from_secs(1)).is_empty());
+        assert!(!p.is_dirty());
+    }
+
+    #[test]
+    fn one_endpoint_change_recomputes_one_service_and_yields_only_its_operations() {
+        let (mut p, _) = cluster(20);
+        p.upsert_slice(slice(raw_slice(
+            "svc7",
+            "1",
+            vec![endpoint("10.244.7.1", "b"), endpoint("10.244.7.3", "c")],
+        )));
+        let plan = p.sync(Moment::from_secs(1));
+        assert_eq!(plan.len(), 2, "{plan:?}");
+        assert!(plan.ipvs.iter().all(|op| *op.key() == tcp("10.96.0.7", 80)));
+        assert!(plan.iptables.is_none());
+        assert!(p.sync(Moment::from_secs(2)).is_empty());
+    }
+
+    #[test]
+    fn an_unchanged_update_is_no_change_at_all() {
+        let (mut p, _) = cluster(3);
+        p.upsert_service(service(raw_service("svc1", "10.96.0.1")));
+        assert!(!p.is_dirty());
+        assert!(p.sync(Moment::from_secs(1)).is_empty());
+    }
+
+    #[test]
+    fn a_removed_service_is_deleted_with_its_address_and_records() {
+        let (mut p, mut observed) = cluster(3);
+        p.remove_service(&crate::model::ServiceName::new("default", "svc1"));
+        let plan = p.sync(Moment::from_secs(1));
+        assert_eq!(
+            plan.ipvs,
+            vec![IpvsOp::DeleteService {
+                key: tcp("10.96.0.1", 80)
+            }]
+        );
+        assert_eq!(plan.unbinds, vec![ip("10.96.0.1")]);
+        assert_eq!(plan.set_deletes.len(), 2);
+        apply(&plan, &mut observed);
+        assert!(p.verify(&observed, Moment::from_secs(2)).is_empty());
+    }
+
+    #[test]
+    fn a_slice_moving_to_another_service_updates_both() {
+        let (mut p, _) = cluster(3);
+        let mut moved = raw_slice("svc2", "1", vec![endpoint("10.244.1.1", "b")]);
+        moved.name = "svc1-1".into();
+        p.upsert_slice(slice(moved));
+        let plan = p.sync(Moment::from_secs(1));
+        let keys: std::collections::BTreeSet<_> = plan.ipvs.iter().map(|op| *op.key()).collect();
+        assert_eq!(
+            keys,
+            [tcp("10.96.0.1", 80), tcp("10.96.0.2", 80)]
+                .into_iter()
+                .collect()
+        );
+    }
+
+    #[test]
+    fn a_configuration_change_recomputes_every_service() {
+        let (mut p, _) = cluster(3);
+        p.set_config(Config {
+            scheduler: Scheduler::LeastConnection,
+            ..Config::default()
+        });
+        let plan = p.sync(Moment::from_secs(1));
+        assert_eq!(plan.ipvs.len(), 3);
+        assert!(plan
+            .ipvs
+            .iter()
+            .all(|op| matches!(op, IpvsOp::UpdateService { .. })));
+    }
+
+    #[test]
+    fn drift_is_repaired_by_verify() {
+        let (mut p, mut observed) = cluster(3);
+        observed.table.services.remove(0);
+        observed.addresses.clear();
+        let plan = p.verify(&observed, Moment::from_secs(1));
+        assert_eq!(plan.binds.len(), 3);
+        assert_eq!(plan.ipvs.len(), 3);
+        apply(&plan, &mut observed);
+        assert!(p.verify(&observed, Moment::from_secs(2)).is_empty());
     }
 }

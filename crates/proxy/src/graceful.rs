@@ -2,7 +2,7 @@
 //!
 //! A TCP destination that is no longer wanted is first set to weight 0 (no new
 //! connections) and deleted once its active + inactive connections reach 0, or when it
-//! has drained for the configured timeout. UDP and SCTP destinations are deleted at once,
+//! has drained for the configured timeout; one known to be idle is deleted at once. UDP and SCTP destinations are deleted at once,
 //! and the Plan asks for their stale conntrack entries to be flushed (otherwise DNS over
 //! UDP is black-holed for minutes). A destination that becomes wanted again simply gets
 //! its weight back; so does a weight-0 destination found after a restart.
@@ -112,12 +112,12 @@ impl Drain {
             }
             Protocol::Tcp => {}
         }
-        if weight > 0 {
+        let idle = counters.is_some_and(|c| c.active == 0 && c.inactive == 0);
+        if weight > 0 && !idle {
             self.since.insert(id, now);
             return Decision::Quiesce;
         }
         let since = *self.since.entry(id).or_insert(now);
-        let idle = counters.is_some_and(|c| c.active == 0 && c.inactive == 0);
         if idle || now >= since.after(self.timeout) {
             self.since.remove(&id);
             Decision::Delete
@@ -207,6 +207,17 @@ mod tests {
             d.decide(id(), Protocol::Tcp, 0, busy(), Moment::from_secs(60)),
             Decision::Delete
         );
+    }
+
+    #[test]
+    fn a_leaving_destination_known_to_be_idle_is_deleted_at_once() {
+        let mut d = Drain::new(Duration::from_secs(60));
+        let idle = Some(ConnCounters::default());
+        assert_eq!(
+            d.decide(id(), Protocol::Tcp, 1, idle, Moment::from_secs(0)),
+            Decision::Delete
+        );
+        assert!(d.is_empty());
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub mod topology;
 pub mod translate;
 pub mod warning;
 
+#[cfg(test)]
+mod testutil;
+
 pub use kipvs_ipvs as ipvs;
 
 pub use annotations::{SchedulerChoice, SchedulerFlags};

@@ -147,6 +147,9 @@ impl Plan {
 pub(crate) struct Scope<'a> {
     pub node: &'a Node,
     pub config: &'a Config,
+    /// Whether the kernel state's connection counts come from a dump just taken; when
+    /// not, they are treated as unknown, so no destination is deleted on old counts.
+    pub fresh_counters: bool,
 }
 
 /// Plans the whole node: every wanted and every observed object.
@@ -161,7 +164,12 @@ pub fn plan(
     now: Moment,
 ) -> Plan {
     let kernel = KernelState::from_observed(observed);
-    plan_full(desired, &kernel, Scope { node, config }, drain, now)
+    let scope = Scope {
+        node,
+        config,
+        fresh_counters: true,
+    };
+    plan_full(desired, &kernel, scope, drain, now)
 }
 
 /// Plans everything against an indexed kernel state.
@@ -335,7 +343,8 @@ fn plan_key(
                     std::cmp::Ordering::Greater => {
                         let b = &hs[j];
                         let id = (*key, b.dest.addr, b.dest.port);
-                        match drain.decide(id, protocol, b.dest.weight, b.counters, now) {
+                        let counters = b.counters.filter(|_| scope.fresh_counters);
+                        match drain.decide(id, protocol, b.dest.weight, counters, now) {
                             Decision::Keep => {}
                             Decision::Quiesce => plan.ipvs.push(IpvsOp::UpdateDestination {
                                 owner: w.owner.clone(),
@@ -364,5 +373,406 @@ fn plan_key(
                 plan.conntrack.extend(flush(key, None));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kipvs_ipvs::{ConnCounters, Scheduler};
+
+    use super::*;
+    use crate::ipset::{Member, SetKind, SetName};
+    use crate::model::{RawService, Service};
+    use crate::observed::apply;
+    use crate::testutil::*;
+    use crate::translate::translate;
+
+    struct World {
+        services: Vec<Service>,
+        slices: Vec<crate::model::EndpointSlice>,
+        observed: Observed,
+        drain: Drain,
+        config: Config,
+        node: Node,
+    }
+
+    impl World {
+        fn new() -> Self {
+            World {
+                services: vec![],
+                slices: vec![],
+                observed: Observed::default(),
+                drain: Drain::new(Duration::from_secs(600)),
+                config: Config::default(),
+                node: node(),
+            }
+        }
+
+        fn with_service(mut self, raw: RawService) -> Self {
+            self.services.push(service(raw));
+            self
+        }
+
+        fn with_endpoints(mut self, svc: &str, eps: &[&str]) -> Self {
+            let raw = raw_slice(svc, "1", eps.iter().map(|a| endpoint(a, "b")).collect());
+            self.slices.push(slice(raw));
+            self
+        }
+
+        fn desired(&self) -> Desired {
+            let refs: Vec<&crate::model::EndpointSlice> = self.slices.iter().collect();
+            Desired::from_states(
+                self.services
+                    .iter()
+                    .filter_map(|s| translate(s, &refs, &self.node, &self.config)),
+            )
+        }
+
+        fn plan_at(&mut self, secs: u64) -> Plan {
+            let d = self.desired();
+            plan(
+                &d,
+                &self.observed,
+                &self.node,
+                &self.config,
+                &mut self.drain,
+                Moment::from_secs(secs),
+            )
+        }
+
+        /// Plans and applies; returns the plan.
+        fn step(&mut self, secs: u64) -> Plan {
+            let p = self.plan_at(secs);
+            apply(&p, &mut self.observed);
+            p
+        }
+
+        fn set_counters(&mut self, key: &ServiceKey, addr: &str, active: u32) {
+            for s in &mut self.observed.table.services {
+                if s.service.key == *key {
+                    for d in &mut s.destinations {
+                        if d.destination.addr == ip(addr) {
+                            d.counters = ConnCounters {
+                                active,
+                                inactive: 0,
+                                persistent: 0,
+                            };
+                        }
+                    }
+                }
+            }
+        }
+
+        fn weights(&self, key: &ServiceKey) -> Vec<(String, u32)> {
+            let mut v: Vec<(String, u32)> = self
+                .observed
+                .table
+                .services
+                .iter()
+                .filter(|s| s.service.key == *key)
+                .flat_map(|s| s.destinations.iter())
+                .map(|d| (d.destination.addr.to_string(), d.destination.weight))
+                .collect();
+            v.sort();
+            v
+        }
+    }
+
+    fn web() -> World {
+        World::new()
+            .with_service(raw_service("web", "10.96.0.10"))
+            .with_endpoints("web", &["10.244.1.5", "10.244.2.5"])
+    }
+
+    fn names(p: &Plan) -> Vec<String> {
+        p.ipvs
+            .iter()
+            .map(|op| match op {
+                IpvsOp::AddService { service, .. } => format!("add {}", service.key),
+                IpvsOp::UpdateService { service, .. } => format!("update {}", service.key),
+                IpvsOp::DeleteService { key } => format!("delete {key}"),
+                IpvsOp::AddDestination { destination, .. } => {
+                    format!("add dest {}", destination.addr)
+                }
+                IpvsOp::UpdateDestination { destination, .. } => {
+                    format!("weight {} {}", destination.addr, destination.weight)
+                }
+                IpvsOp::DeleteDestination { destination, .. } => {
+                    format!("delete dest {}", destination.addr)
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_kernel_gets_the_service_then_its_destinations_and_records_first() {
+        let mut w = web();
+        let p = w.step(0);
+        assert_eq!(
+            names(&p),
+            vec![
+                "add TCP 10.96.0.10:80",
+                "add dest 10.244.1.5",
+                "add dest 10.244.2.5"
+            ]
+        );
+        assert_eq!(p.binds, vec![ip("10.96.0.10")]);
+        assert_eq!(p.set_adds.len(), 2);
+        assert!(p.iptables.is_some());
+        assert!(
+            w.plan_at(1).is_empty(),
+            "planning again finds nothing to do"
+        );
+    }
+
+    #[test]
+    fn a_scheduler_change_updates_the_service_in_place() {
+        let mut w = web();
+        w.step(0);
+        w.config.scheduler = Scheduler::WeightedLeastConnection;
+        let p = w.step(1);
+        assert_eq!(names(&p), vec!["update TCP 10.96.0.10:80"]);
+    }
+
+    #[test]
+    fn an_affinity_change_updates_the_service_in_place() {
+        let mut w = web();
+        w.step(0);
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.session_affinity = Some("ClientIP".into());
+        w.services = vec![service(raw)];
+        let p = w.step(1);
+        assert_eq!(names(&p), vec!["update TCP 10.96.0.10:80"]);
+        assert!(w.plan_at(2).is_empty());
+    }
+
+    #[test]
+    fn a_wrong_weight_is_updated_in_place() {
+        let mut w = web();
+        w.step(0);
+        w.observed.table.services[0].destinations[0]
+            .destination
+            .weight = 7;
+        let p = w.step(1);
+        assert_eq!(p.ipvs.len(), 1);
+        assert!(names(&p)[0].ends_with(" 1"));
+    }
+
+    #[test]
+    fn a_leaving_tcp_destination_drains_at_weight_zero_until_its_connections_end() {
+        let mut w = web();
+        w.step(0);
+        let k = tcp("10.96.0.10", 80);
+        w.set_counters(&k, "10.244.2.5", 3);
+        w.slices = vec![slice(raw_slice(
+            "web",
+            "1",
+            vec![endpoint("10.244.1.5", "b")],
+        ))];
+        let p = w.step(10);
+        assert_eq!(names(&p), vec!["weight 10.244.2.5 0"]);
+        assert!(p.conntrack.is_empty());
+        assert_eq!(p.next_check, Some(Moment::from_secs(610)));
+        assert!(w.step(20).is_empty(), "still busy: keep draining");
+        w.set_counters(&k, "10.244.2.5", 0);
+        assert_eq!(names(&w.step(30)), vec!["delete dest 10.244.2.5"]);
+        assert_eq!(w.weights(&k), vec![("10.244.1.5".into(), 1)]);
+    }
+
+    #[test]
+    fn a_draining_destination_is_deleted_after_the_timeout_even_when_busy() {
+        let mut w = web();
+        w.step(0);
+        let k = tcp("10.96.0.10", 80);
+        w.set_counters(&k, "10.244.2.5", 3);
+        w.slices = vec![slice(raw_slice(
+            "web",
+            "1",
+            vec![endpoint("10.244.1.5", "b")],
+        ))];
+        w.step(10);
+        assert!(w.step(609).is_empty());
+        assert_eq!(names(&w.step(610)), vec!["delete dest 10.244.2.5"]);
+    }
+
+    #[test]
+    fn a_leaving_destination_a_fresh_dump_shows_idle_is_deleted_at_once() {
+        let mut w = web();
+        w.step(0);
+        w.slices = vec![slice(raw_slice(
+            "web",
+            "1",
+            vec![endpoint("10.244.1.5", "b")],
+        ))];
+        assert_eq!(names(&w.step(10)), vec!["delete dest 10.244.2.5"]);
+    }
+
+    #[test]
+    fn a_leaving_udp_destination_is_deleted_at_once_and_its_conntrack_flushed() {
+        let mut raw = raw_service("dns", "10.96.0.53");
+        raw.ports = vec![port("http", "UDP", 53, None)];
+        let mut s = raw_slice(
+            "dns",
+            "1",
+            vec![endpoint("10.244.1.5", "b"), endpoint("10.244.2.5", "b")],
+        );
+        s.ports[0].protocol = Some("UDP".into());
+        let mut w = World::new().with_service(raw);
+        w.slices.push(slice(s.clone()));
+        w.step(0);
+        s.endpoints.pop();
+        w.slices = vec![slice(s)];
+        let p = w.step(1);
+        assert_eq!(names(&p), vec!["delete dest 10.244.2.5"]);
+        assert_eq!(
+            p.conntrack,
+            vec![ConntrackFlush {
+                protocol: Protocol::Udp,
+                addr: ip("10.96.0.53"),
+                port: 53,
+                destination: Some(ip("10.244.2.5"))
+            }]
+        );
+    }
+
+    #[test]
+    fn a_returning_endpoint_gets_its_weight_back_and_stops_draining() {
+        let mut w = web();
+        w.step(0);
+        let k = tcp("10.96.0.10", 80);
+        w.set_counters(&k, "10.244.2.5", 3);
+        let all = w.slices.clone();
+        w.slices = vec![slice(raw_slice(
+            "web",
+            "1",
+            vec![endpoint("10.244.1.5", "b")],
+        ))];
+        w.step(10);
+        assert_eq!(w.drain.len(), 1);
+        w.slices = all;
+        assert_eq!(names(&w.step(20)), vec!["weight 10.244.2.5 1"]);
+        assert!(w.drain.is_empty());
+        assert_eq!(w.plan_at(30).next_check, None);
+    }
+
+    #[test]
+    fn weight_zero_destinations_found_after_a_restart_get_their_weight_back() {
+        let mut w = web();
+        let k = tcp("10.96.0.10", 80);
+        w.step(0);
+        for d in &mut w.observed.table.services[0].destinations {
+            d.destination.weight = 0;
+        }
+        let mut fresh = Drain::new(Duration::from_secs(600));
+        std::mem::swap(&mut w.drain, &mut fresh);
+        let p = w.step(100);
+        assert_eq!(
+            names(&p),
+            vec!["weight 10.244.1.5 1", "weight 10.244.2.5 1"]
+        );
+        assert_eq!(
+            w.weights(&k),
+            vec![("10.244.1.5".into(), 1), ("10.244.2.5".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn stale_services_kipvs_owns_are_deleted_with_their_records_and_addresses() {
+        let mut w = web();
+        w.step(0);
+        w.services.clear();
+        let p = w.step(1);
+        assert_eq!(names(&p), vec!["delete TCP 10.96.0.10:80"]);
+        assert_eq!(p.unbinds, vec![ip("10.96.0.10")]);
+        assert_eq!(p.set_deletes.len(), 2);
+        assert_eq!(w.observed, Observed::default());
+    }
+
+    #[test]
+    fn foreign_and_excluded_services_are_never_touched() {
+        let mut w = web();
+        let keepalived = kernel_service(
+            tcp("192.168.1.200", 443),
+            Scheduler::WeightedLeastConnection,
+            &[("192.168.1.21", 443, 5, 0)],
+        );
+        let on_node = kernel_service(tcp("192.168.1.10", 8443), Scheduler::RoundRobin, &[]);
+        let excluded = kernel_service(tcp("10.96.5.5", 80), Scheduler::RoundRobin, &[]);
+        w.observed.table.services = vec![keepalived, on_node, excluded];
+        w.observed.addresses.insert(ip("10.96.5.5"));
+        w.config.exclude_cidrs = vec!["10.96.5.0/24".parse().unwrap()];
+        let before = w.observed.table.services.clone();
+        let p = w.step(0);
+        assert!(p.ipvs.iter().all(|op| *op.key() == tcp("10.96.0.10", 80)));
+        for s in &before {
+            assert!(
+                w.observed.table.services.contains(s),
+                "{} was touched",
+                s.service.key
+            );
+        }
+    }
+
+    #[test]
+    fn a_stale_node_port_on_a_node_address_is_deleted_by_its_record() {
+        let mut w = World::new();
+        w.observed.table.services = vec![kernel_service(
+            tcp("192.168.1.10", 30080),
+            Scheduler::RoundRobin,
+            &[],
+        )];
+        w.observed
+            .ipsets
+            .entry(SetName::new(SetKind::NodePortTcp, kipvs_ipvs::Family::V4))
+            .or_default()
+            .insert(Member::Port(30080));
+        let p = w.step(0);
+        assert_eq!(names(&p), vec!["delete TCP 192.168.1.10:30080"]);
+        assert_eq!(p.set_deletes.len(), 1);
+        assert_eq!(w.observed, Observed::default());
+    }
+
+    #[test]
+    fn two_services_asking_for_one_address_and_port_go_to_the_first_by_name() {
+        let mut a = raw_service("a", "10.96.0.1");
+        a.external_ips = vec!["203.0.113.5".into()];
+        let mut b = raw_service("b", "10.96.0.2");
+        b.external_ips = vec!["203.0.113.5".into()];
+        b.session_affinity = Some("ClientIP".into());
+        let mut w = World::new().with_service(b).with_service(a);
+        let d = w.desired();
+        let shared = tcp("203.0.113.5", 80);
+        assert_eq!(
+            d.virtual_service(&shared).unwrap().owner.as_str(),
+            "default/a:http"
+        );
+        let warnings = d.warnings(&crate::model::ServiceName::new("default", "b"));
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0].reason, crate::warning::Reason::Conflict);
+        w.step(0);
+        w.services.retain(|s| s.name.name == "b");
+        let p = w.step(1);
+        assert!(
+            names(&p).contains(&"update TCP 203.0.113.5:80".to_string()),
+            "{:?}",
+            names(&p)
+        );
+        assert!(!p.unbinds.contains(&ip("203.0.113.5")));
+    }
+
+    #[test]
+    fn a_udp_service_that_gains_its_first_destination_flushes_its_conntrack() {
+        let mut raw = raw_service("dns", "10.96.0.53");
+        raw.ports = vec![port("http", "UDP", 53, None)];
+        let mut w = World::new().with_service(raw);
+        w.step(0);
+        let mut s = raw_slice("dns", "1", vec![endpoint("10.244.1.5", "b")]);
+        s.ports[0].protocol = Some("UDP".into());
+        w.slices.push(slice(s));
+        let p = w.step(1);
+        assert_eq!(p.conntrack.len(), 1);
+        assert_eq!(p.conntrack[0].destination, None);
     }
 }

@@ -541,3 +541,414 @@ impl Translation<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::annotations;
+    use crate::model::{RawIngress, RawService};
+    use crate::testutil::*;
+
+    fn run(raw: RawService, slices: &[EndpointSlice], config: &Config) -> ServiceState {
+        let s = service(raw);
+        let refs: Vec<&EndpointSlice> = slices.iter().collect();
+        translate(&s, &refs, &node(), config).unwrap()
+    }
+
+    fn keys(state: &ServiceState) -> Vec<String> {
+        state
+            .virtual_services
+            .iter()
+            .map(|v| v.service.key.to_string())
+            .collect()
+    }
+
+    fn members(state: &ServiceState) -> Vec<String> {
+        let mut m: Vec<String> = state
+            .members
+            .iter()
+            .map(|(s, m)| format!("{s} {m}"))
+            .collect();
+        m.sort();
+        m
+    }
+
+    fn two_endpoints() -> Vec<EndpointSlice> {
+        vec![slice(raw_slice(
+            "web",
+            "1",
+            vec![endpoint("10.244.1.5", "a"), endpoint("10.244.2.5", "b")],
+        ))]
+    }
+
+    fn dests(vs: &VirtualService) -> Vec<String> {
+        vs.destinations
+            .iter()
+            .map(|d| format!("{}:{}", d.addr, d.port))
+            .collect()
+    }
+
+    #[test]
+    fn a_cluster_ip_port_becomes_one_bound_and_recorded_virtual_service() {
+        let st = run(
+            raw_service("web", "10.96.0.10"),
+            &two_endpoints(),
+            &Config::default(),
+        );
+        assert_eq!(keys(&st), vec!["TCP 10.96.0.10:80"]);
+        let vs = &st.virtual_services[0];
+        assert_eq!(vs.owner.as_str(), "default/web:http");
+        assert_eq!(vs.role, Role::ClusterIp);
+        assert_eq!(vs.service.scheduler, Scheduler::RoundRobin);
+        assert_eq!(dests(vs), vec!["10.244.1.5:8080", "10.244.2.5:8080"]);
+        assert!(vs.destinations.iter().all(|d| d.weight == 1));
+        assert_eq!(st.addresses, vec![ip("10.96.0.10")]);
+        assert_eq!(
+            members(&st),
+            vec![
+                "KUBE-CLUSTER-IP 10.96.0.10,tcp:80",
+                "KUBE-IPVS-IPS 10.96.0.10",
+                "KUBE-LOOP-BACK 10.244.1.5,tcp:8080,10.244.1.5",
+            ]
+        );
+        assert!(st.warnings.is_empty());
+    }
+
+    #[test]
+    fn external_ips_are_served_and_bound_unless_the_node_owns_them() {
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.external_ips = vec!["203.0.113.5".into(), "192.168.1.10".into()];
+        let st = run(raw, &two_endpoints(), &Config::default());
+        assert_eq!(
+            keys(&st),
+            vec![
+                "TCP 10.96.0.10:80",
+                "TCP 203.0.113.5:80",
+                "TCP 192.168.1.10:80"
+            ]
+        );
+        assert_eq!(st.addresses, vec![ip("10.96.0.10"), ip("203.0.113.5")]);
+        let m = members(&st);
+        assert!(m.contains(&"KUBE-EXTERNAL-IP 203.0.113.5,tcp:80".to_string()));
+        assert!(m.contains(&"KUBE-EXTERNAL-IP 192.168.1.10,tcp:80".to_string()));
+        assert!(!m.contains(&"KUBE-IPVS-IPS 192.168.1.10".to_string()));
+    }
+
+    #[test]
+    fn load_balancer_ips_are_served_and_recorded() {
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.service_type = Some("LoadBalancer".into());
+        raw.load_balancer_ingress = vec![RawIngress {
+            ip: Some("198.51.100.7".into()),
+            ip_mode: None,
+        }];
+        let st = run(raw, &two_endpoints(), &Config::default());
+        assert_eq!(keys(&st), vec!["TCP 10.96.0.10:80", "TCP 198.51.100.7:80"]);
+        assert_eq!(st.virtual_services[1].role, Role::LoadBalancer);
+        assert!(members(&st).contains(&"KUBE-LOAD-BALANCER 198.51.100.7,tcp:80".to_string()));
+        assert!(st.addresses.contains(&ip("198.51.100.7")));
+        assert!(st.no_node_access.is_empty());
+    }
+
+    #[test]
+    fn source_ranges_fill_the_firewall_sets_and_close_the_ip_to_a_node_outside_them() {
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.service_type = Some("LoadBalancer".into());
+        raw.load_balancer_ingress = vec![RawIngress {
+            ip: Some("198.51.100.7".into()),
+            ip_mode: None,
+        }];
+        raw.load_balancer_source_ranges = vec!["203.0.113.0/24".into()];
+        let st = run(raw.clone(), &two_endpoints(), &Config::default());
+        let m = members(&st);
+        assert!(m.contains(&"KUBE-LOAD-BALANCER-FW 198.51.100.7,tcp:80".to_string()));
+        assert!(m.contains(
+            &"KUBE-LOAD-BALANCER-SOURCE-CIDR 198.51.100.7,tcp:80,203.0.113.0/24".to_string()
+        ));
+        assert_eq!(
+            st.no_node_access,
+            vec![NoNodeAccess {
+                addr: ip("198.51.100.7"),
+                protocol: Protocol::Tcp,
+                port: 80
+            }]
+        );
+
+        raw.load_balancer_source_ranges
+            .push("192.168.1.0/24".into());
+        let st = run(raw, &two_endpoints(), &Config::default());
+        assert!(members(&st).contains(
+            &"KUBE-LOAD-BALANCER-SOURCE-IP 198.51.100.7,tcp:80,198.51.100.7".to_string()
+        ));
+        assert!(st.no_node_access.is_empty());
+    }
+
+    #[test]
+    fn node_ports_listen_on_each_node_address_of_the_family() {
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.service_type = Some("NodePort".into());
+        raw.ports = vec![
+            port("http", "TCP", 80, Some(30080)),
+            port("sig", "SCTP", 9, Some(30009)),
+        ];
+        let st = run(raw, &[], &Config::default());
+        assert_eq!(
+            keys(&st),
+            vec![
+                "TCP 10.96.0.10:80",
+                "TCP 192.168.1.10:30080",
+                "SCTP 10.96.0.10:9",
+                "SCTP 192.168.1.10:30009"
+            ]
+        );
+        let m = members(&st);
+        assert!(m.contains(&"KUBE-NODE-PORT-TCP 30080".to_string()));
+        assert!(m.contains(&"KUBE-NODE-PORT-SCTP-HASH 192.168.1.10,sctp:30009".to_string()));
+        assert!(!m.iter().any(|x| x.contains("LOCAL")));
+    }
+
+    #[test]
+    fn node_port_addresses_restrict_where_node_ports_listen() {
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.ports = vec![port("http", "TCP", 80, Some(30080))];
+        let config = Config {
+            node_port_addresses: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Config::default()
+        };
+        let st = run(raw, &[], &config);
+        assert_eq!(keys(&st), vec!["TCP 10.96.0.10:80"]);
+        assert!(!members(&st).iter().any(|m| m.contains("NODE-PORT")));
+    }
+
+    #[test]
+    fn local_external_policy_sends_external_traffic_to_this_nodes_endpoints_only() {
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.service_type = Some("LoadBalancer".into());
+        raw.external_traffic_policy = Some("Local".into());
+        raw.health_check_node_port = Some(32000);
+        raw.ports = vec![port("http", "TCP", 80, Some(30080))];
+        raw.load_balancer_ingress = vec![RawIngress {
+            ip: Some("198.51.100.7".into()),
+            ip_mode: None,
+        }];
+        let st = run(raw, &two_endpoints(), &Config::default());
+        for vs in &st.virtual_services {
+            let want = if vs.role == Role::ClusterIp {
+                vec!["10.244.1.5:8080", "10.244.2.5:8080"]
+            } else {
+                vec!["10.244.1.5:8080"]
+            };
+            assert_eq!(dests(vs), want, "{}", vs.service.key);
+        }
+        let m = members(&st);
+        assert!(m.contains(&"KUBE-LOAD-BALANCER-LOCAL 198.51.100.7,tcp:80".to_string()));
+        assert!(m.contains(&"KUBE-NODE-PORT-LOCAL-TCP 30080".to_string()));
+        assert!(m.contains(&"KUBE-HEALTH-CHECK-NODE-PORT 32000".to_string()));
+        assert_eq!(
+            st.health_check,
+            Some(HealthCheck {
+                node_port: 32000,
+                local_endpoints: 1
+            })
+        );
+    }
+
+    #[test]
+    fn local_internal_policy_narrows_only_the_cluster_ip() {
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.internal_traffic_policy = Some("Local".into());
+        raw.external_ips = vec!["203.0.113.5".into()];
+        let st = run(raw, &two_endpoints(), &Config::default());
+        assert_eq!(dests(&st.virtual_services[0]), vec!["10.244.1.5:8080"]);
+        assert_eq!(dests(&st.virtual_services[1]).len(), 2);
+    }
+
+    #[test]
+    fn client_ip_affinity_makes_virtual_services_persistent() {
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.session_affinity = Some("ClientIP".into());
+        raw.session_affinity_timeout = Some(600);
+        let st = run(raw, &[], &Config::default());
+        let s = &st.virtual_services[0].service;
+        assert!(s.flags.persistent);
+        assert_eq!(
+            s.persistence,
+            Some(Persistence {
+                timeout: 600,
+                netmask: 32,
+                engine: None
+            })
+        );
+    }
+
+    #[test]
+    fn the_scheduler_comes_from_annotations_then_the_configuration() {
+        let config = Config {
+            scheduler: Scheduler::LeastConnection,
+            ..Config::default()
+        };
+        let st = run(raw_service("web", "10.96.0.10"), &[], &config);
+        assert_eq!(
+            st.virtual_services[0].service.scheduler,
+            Scheduler::LeastConnection
+        );
+
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.annotations
+            .insert(annotations::SCHEDULER.into(), "sh".into());
+        raw.annotations
+            .insert(annotations::SCHEDULER_FLAGS.into(), "sh-fallback".into());
+        let st = run(raw, &[], &config);
+        let s = &st.virtual_services[0].service;
+        assert_eq!(s.scheduler, Scheduler::SourceHashing);
+        assert!(s.flags.sched_fallback && !s.flags.sched_port);
+    }
+
+    #[test]
+    fn maglev_without_flags_hashes_the_port_as_kube_proxy_does() {
+        let config = Config {
+            scheduler: Scheduler::MaglevHashing,
+            ..Config::default()
+        };
+        let st = run(raw_service("web", "10.96.0.10"), &[], &config);
+        assert!(st.virtual_services[0].service.flags.sched_port);
+    }
+
+    #[test]
+    fn hash_flags_on_a_scheduler_without_them_are_ignored_with_a_warning() {
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.annotations
+            .insert(annotations::SCHEDULER_FLAGS.into(), "sh-port".into());
+        let st = run(raw, &[], &Config::default());
+        assert!(!st.virtual_services[0].service.flags.sched_port);
+        assert_eq!(st.warnings.len(), 1);
+        assert_eq!(st.warnings[0].reason, Reason::InvalidAnnotation);
+    }
+
+    #[test]
+    fn a_bad_scheduler_annotation_keeps_the_default_and_warns() {
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.annotations
+            .insert(annotations::SCHEDULER.into(), "bogus".into());
+        let st = run(raw, &[], &Config::default());
+        assert_eq!(
+            st.virtual_services[0].service.scheduler,
+            Scheduler::RoundRobin
+        );
+        assert_eq!(st.warnings[0].reason, Reason::InvalidAnnotation);
+    }
+
+    #[test]
+    fn dual_stack_services_get_both_families_side_by_side() {
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.cluster_ips.push("fd00::10".into());
+        let slices = vec![
+            slice(raw_slice("web", "v4", vec![endpoint("10.244.1.5", "a")])),
+            slice(raw_slice("web", "v6", vec![endpoint("fd00:244::5", "b")])),
+        ];
+        let st = run(raw, &slices, &Config::default());
+        assert_eq!(keys(&st), vec!["TCP 10.96.0.10:80", "TCP [fd00::10]:80"]);
+        assert_eq!(dests(&st.virtual_services[0]), vec!["10.244.1.5:8080"]);
+        assert_eq!(dests(&st.virtual_services[1]), vec!["fd00:244::5:8080"]);
+        assert_eq!(st.virtual_services[0].owner, st.virtual_services[1].owner);
+        assert!(members(&st).contains(&"KUBE-6-CLUSTER-IP fd00::10,tcp:80".to_string()));
+    }
+
+    #[test]
+    fn a_family_the_configuration_leaves_out_is_not_programmed() {
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.cluster_ips.push("fd00::10".into());
+        let config = Config {
+            families: vec![Family::V4],
+            ..Config::default()
+        };
+        let st = run(raw, &[], &config);
+        assert_eq!(keys(&st), vec!["TCP 10.96.0.10:80"]);
+    }
+
+    #[test]
+    fn an_external_ip_without_a_cluster_ip_of_its_family_is_ignored_with_a_warning() {
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.external_ips = vec!["2001:db8::1".into()];
+        let st = run(raw, &[], &Config::default());
+        assert_eq!(keys(&st), vec!["TCP 10.96.0.10:80"]);
+        assert_eq!(st.warnings[0].reason, Reason::Skipped);
+    }
+
+    #[test]
+    fn udp_and_sctp_ports_are_served_like_tcp() {
+        let mut raw = raw_service("dns", "10.96.0.53");
+        raw.ports = vec![
+            port("dns", "UDP", 53, None),
+            port("sig", "SCTP", 2905, None),
+        ];
+        let st = run(raw, &[], &Config::default());
+        assert_eq!(keys(&st), vec!["UDP 10.96.0.53:53", "SCTP 10.96.0.53:2905"]);
+    }
+
+    #[test]
+    fn endpoints_are_matched_to_service_ports_by_name_and_protocol() {
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.ports.push(port("admin", "TCP", 9000, None));
+        let mut s = raw_slice("web", "1", vec![endpoint("10.244.1.5", "a")]);
+        s.ports.push(RawEndpointPortAlias {
+            name: Some("admin".into()),
+            protocol: Some("UDP".into()),
+            port: Some(9001),
+        });
+        let st = run(raw, &[slice(s)], &Config::default());
+        assert_eq!(dests(&st.virtual_services[0]), vec!["10.244.1.5:8080"]);
+        assert!(st.virtual_services[1].destinations.is_empty());
+    }
+
+    use crate::model::RawEndpointPort as RawEndpointPortAlias;
+
+    #[test]
+    fn services_of_other_proxies_headless_ones_and_external_names_translate_to_nothing() {
+        let mut other = raw_service("web", "10.96.0.10");
+        other.labels.insert(
+            crate::model::service::SERVICE_PROXY_NAME_LABEL.into(),
+            "x".into(),
+        );
+        let headless = raw_service("web", "None");
+        let mut alias = raw_service("web", "");
+        alias.service_type = Some("ExternalName".into());
+        for raw in [other, headless, alias] {
+            assert!(translate(&service(raw), &[], &node(), &Config::default()).is_none());
+        }
+    }
+
+    #[test]
+    fn addresses_in_exclude_cidrs_are_not_programmed_and_the_service_is_warned() {
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.external_ips = vec!["203.0.113.5".into()];
+        let config = Config {
+            exclude_cidrs: vec!["203.0.113.0/24".parse().unwrap()],
+            ..Config::default()
+        };
+        let st = run(raw, &[], &config);
+        assert_eq!(keys(&st), vec!["TCP 10.96.0.10:80"]);
+        assert_eq!(st.addresses, vec![ip("10.96.0.10")]);
+        assert_eq!(st.warnings[0].reason, Reason::Skipped);
+    }
+
+    #[test]
+    fn warnings_of_the_services_slices_are_reported_with_it() {
+        let s = slice(raw_slice("web", "1", vec![endpoint("not-an-ip", "a")]));
+        let st = run(raw_service("web", "10.96.0.10"), &[s], &Config::default());
+        assert_eq!(st.warnings.len(), 1);
+        assert_eq!(
+            st.warnings[0].object.kind,
+            crate::warning::Kind::EndpointSlice
+        );
+    }
+
+    #[test]
+    fn an_address_asked_for_twice_by_one_service_is_served_once() {
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.external_ips = vec!["10.96.0.10".into()];
+        let st = run(raw, &[], &Config::default());
+        assert_eq!(keys(&st), vec!["TCP 10.96.0.10:80"]);
+        assert_eq!(st.warnings[0].reason, Reason::Conflict);
+    }
+}
