@@ -13,6 +13,7 @@ use kipvs_ipvs::{
 };
 
 use crate::config::Config;
+use crate::desired::Desired;
 use crate::ipset::{Entry, Member, SetName};
 use crate::model::Node;
 use crate::ownership;
@@ -31,16 +32,38 @@ pub struct Observed {
 }
 
 impl Observed {
-    /// Whether kipvs owns the virtual service at `key` by this observation (see
-    /// [`crate::ownership`]).
+    /// Whether kipvs owns the virtual service at `key` by this observation alone (see
+    /// [`crate::ownership`]); `kipvs cleanup` deletes exactly these.
     pub fn owns(&self, key: &ServiceKey, node: &Node, config: &Config) -> bool {
-        ownership::owns(
-            key,
-            |a| self.addresses.contains(a),
-            |(set, m)| self.ipsets.get(set).is_some_and(|s| s.contains(m)),
-            node,
-            config,
-        )
+        self.owns_for(key, &Desired::new(), node, config)
+    }
+
+    /// Whether the planner treats the virtual service at `key` as kipvs' when planning
+    /// `desired` against this observation: wanted, or owned by the addresses and records
+    /// observed or about to be added (see [`crate::ownership`]).
+    pub fn owns_for(
+        &self,
+        key: &ServiceKey,
+        desired: &Desired,
+        node: &Node,
+        config: &Config,
+    ) -> bool {
+        if let ServiceKey::Addr { addr, .. } = key {
+            if config.is_excluded(addr) {
+                return false;
+            }
+        }
+        desired.virtual_service(key).is_some()
+            || ownership::owns(
+                key,
+                |a| self.addresses.contains(a) || desired.wants_address(a),
+                |e| {
+                    desired.wants_member(e)
+                        || self.ipsets.get(&e.0).is_some_and(|s| s.contains(&e.1))
+                },
+                node,
+                config,
+            )
     }
 }
 
@@ -110,16 +133,6 @@ impl KernelState {
             addresses: o.addresses.iter().copied().collect(),
             members,
         }
-    }
-
-    pub fn owns(&self, key: &ServiceKey, node: &Node, config: &Config) -> bool {
-        ownership::owns(
-            key,
-            |a| self.addresses.contains(a),
-            |e| self.members.contains(e),
-            node,
-            config,
-        )
     }
 
     /// Records that `plan` was carried out. Counts of changed destinations become

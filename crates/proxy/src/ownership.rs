@@ -14,7 +14,12 @@
 //!    member of `KUBE-NODE-PORT-TCP` / `-UDP` (for SCTP: whose address and port are a
 //!    member of `KUBE-NODE-PORT-SCTP-HASH`).
 //! 3. **What the cluster asks for** now is kipvs' to create and keep equal to the
-//!    desired state, whoever created it.
+//!    desired state, whoever created it; and the addresses and records kipvs is about
+//!    to add count as kipvs' already (rules 1 and 2 read the observed state and the
+//!    desired state together), so a stale service on a VIP kipvs is about to bind goes
+//!    in the same pass. An incremental pass looks only at the keys of the Services
+//!    that changed; a service someone made by hand on an address that only now
+//!    becomes kipvs' is removed by the next whole-cluster pass (verify).
 //!
 //! Never kipvs': firewall-mark services (kipvs creates none), anything whose address is
 //! in `excludeCIDRs` (not even when asked for), and any other virtual service — such as

@@ -281,7 +281,14 @@ fn plan_key(
     match (want, have) {
         (None, None) => {}
         (None, Some(_)) => {
-            if kernel.owns(key, scope.node, scope.config) {
+            let owned = crate::ownership::owns(
+                key,
+                |a| kernel.addresses.contains(a) || desired.wants_address(a),
+                |e| kernel.members.contains(e) || desired.wants_member(e),
+                scope.node,
+                scope.config,
+            );
+            if owned {
                 plan.ipvs.push(IpvsOp::DeleteService { key: *key });
                 drain.forget_service(key);
                 plan.conntrack.extend(flush(key, None));
