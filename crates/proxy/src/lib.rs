@@ -44,6 +44,7 @@ pub mod config;
 pub mod desired;
 pub mod engine;
 pub mod graceful;
+mod hash;
 pub mod ipset;
 pub mod iptables;
 pub mod model;

@@ -4,7 +4,7 @@
 //! and the members of kipvs' ipsets. [`apply`] carries out a [`Plan`] on an `Observed`
 //! the way the kernel would (a pure simulation, for tests and dry runs).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use kipvs_ipvs::{
@@ -14,6 +14,7 @@ use kipvs_ipvs::{
 
 use crate::config::Config;
 use crate::desired::Desired;
+use crate::hash::{HashMap, HashSet};
 use crate::ipset::{Entry, Member, SetName};
 use crate::model::Node;
 use crate::ownership;
@@ -138,6 +139,12 @@ impl KernelState {
     /// Records that `plan` was carried out. Counts of changed destinations become
     /// unknown until the next dump.
     pub fn apply(&mut self, plan: &Plan) {
+        let adds = plan
+            .ipvs
+            .iter()
+            .filter(|op| matches!(op, IpvsOp::AddService { .. }))
+            .count();
+        self.services.reserve(adds);
         self.members.extend(plan.set_adds.iter().copied());
         self.addresses.extend(plan.binds.iter().copied());
         for op in &plan.ipvs {

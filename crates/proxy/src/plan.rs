@@ -207,7 +207,18 @@ pub(crate) fn plan_full(
         members,
         iptables: true,
     };
-    plan_touched(desired, kernel, &touched, scope, drain, now)
+    let mut plan = Plan::default();
+    // An empty kernel needs one operation per service and per destination: reserve it
+    // at once rather than copying the list as it grows.
+    if kernel.services.is_empty() {
+        let dests: usize = desired
+            .virtual_services()
+            .map(|v| v.destinations.len())
+            .sum();
+        plan.ipvs.reserve_exact(desired.len() + dests);
+    }
+    plan_into(desired, kernel, &touched, scope, drain, now, &mut plan);
+    plan
 }
 
 /// Plans only what `touched` names.
@@ -220,8 +231,21 @@ pub(crate) fn plan_touched(
     now: Moment,
 ) -> Plan {
     let mut plan = Plan::default();
+    plan_into(desired, kernel, touched, scope, drain, now, &mut plan);
+    plan
+}
+
+fn plan_into(
+    desired: &Desired,
+    kernel: &KernelState,
+    touched: &Touched,
+    scope: Scope<'_>,
+    drain: &mut Drain,
+    now: Moment,
+    plan: &mut Plan,
+) {
     for key in &touched.keys {
-        plan_key(key, desired, kernel, scope, drain, now, &mut plan);
+        plan_key(key, desired, kernel, scope, drain, now, plan);
     }
     for addr in &touched.addresses {
         match (desired.wants_address(addr), kernel.addresses.contains(addr)) {
@@ -241,7 +265,6 @@ pub(crate) fn plan_touched(
         plan.iptables = Some(desired.iptables(scope.config));
     }
     plan.next_check = drain.next_deadline();
-    plan
 }
 
 fn flush(key: &ServiceKey, destination: Option<IpAddr>) -> Option<ConntrackFlush> {

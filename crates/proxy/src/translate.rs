@@ -16,7 +16,6 @@
 //! Each virtual service carries its owner (`namespace/name:port`). Every destination is
 //! NAT (`Masq`) with weight 1. Virtual services in `excludeCIDRs` are left out.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -152,8 +151,7 @@ pub fn translate(
             health_check: None,
             warnings: service.warnings.clone(),
         },
-        keys: HashSet::new(),
-        members: HashSet::new(),
+        keys: Vec::new(),
     };
     for slice in slices.iter().filter(|s| s.service == service.name) {
         t.state.warnings.extend(slice.warnings.iter().cloned());
@@ -236,8 +234,7 @@ struct Translation<'a> {
     node: &'a Node,
     config: &'a Config,
     state: ServiceState,
-    keys: HashSet<ServiceKey>,
-    members: HashSet<Entry>,
+    keys: Vec<ServiceKey>,
 }
 
 impl Translation<'_> {
@@ -277,7 +274,7 @@ impl Translation<'_> {
     }
 
     fn member(&mut self, set: SetName, member: Member) {
-        if self.members.insert((set, member)) {
+        if !self.state.members.contains(&(set, member)) {
             self.state.members.push((set, member));
         }
     }
@@ -305,7 +302,7 @@ impl Translation<'_> {
                 return false;
             }
         }
-        if !self.keys.insert(key) {
+        if self.keys.contains(&key) {
             self.warn(
                 Reason::Conflict,
                 format!(
@@ -315,6 +312,7 @@ impl Translation<'_> {
             );
             return false;
         }
+        self.keys.push(key);
         self.state.virtual_services.push(vs);
         true
     }
