@@ -132,6 +132,14 @@ impl Drain {
         self.since.remove(id);
     }
 
+    /// Keeps tracking only the destinations `still_draining` says are.
+    pub(crate) fn retain(
+        &mut self,
+        mut still_draining: impl FnMut(&ServiceKey, &IpAddr, u16) -> bool,
+    ) {
+        self.since.retain(|(k, a, p), _| still_draining(k, a, *p));
+    }
+
     /// Stops tracking every destination of a deleted virtual service.
     pub(crate) fn forget_service(&mut self, key: &ServiceKey) {
         if !self.since.is_empty() {

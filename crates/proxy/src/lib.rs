@@ -72,6 +72,6 @@ pub use model::{
     RawServicePort, Service, ServiceName, SliceName,
 };
 pub use observed::{apply, Observed};
-pub use plan::{plan, ConntrackFlush, IpvsOp, Plan};
+pub use plan::{cleanup, plan, ConntrackFlush, IpvsOp, Plan};
 pub use translate::{translate, HealthCheck, Owner, Role, ServiceState, VirtualService};
 pub use warning::{InvalidObject, Warning};

@@ -172,6 +172,24 @@ pub fn plan(
     plan_full(desired, &kernel, scope, drain, now)
 }
 
+/// Plans the removal of everything kipvs owns (`kipvs cleanup`): every virtual service
+/// on kube-ipvs0 or recorded in the `KUBE-*` sets, every kube-ipvs0 address and every
+/// member of those sets. Foreign services stay. Running it on its own result plans
+/// nothing.
+pub fn cleanup(observed: &Observed, node: &Node, config: &Config) -> Plan {
+    let mut drain = Drain::new(std::time::Duration::ZERO);
+    let mut plan = plan(
+        &Desired::new(),
+        observed,
+        node,
+        config,
+        &mut drain,
+        Moment::default(),
+    );
+    plan.iptables = None;
+    plan
+}
+
 /// Plans everything against an indexed kernel state.
 pub(crate) fn plan_full(
     desired: &Desired,
@@ -218,6 +236,20 @@ pub(crate) fn plan_full(
         plan.ipvs.reserve_exact(desired.len() + dests);
     }
     plan_into(desired, kernel, &touched, scope, drain, now, &mut plan);
+    // Forget destinations that were draining but are gone (deleted by hand, or their
+    // service with them) or wanted again.
+    drain.retain(|key, addr, port| {
+        let in_kernel = kernel.services.get(key).is_some_and(|s| {
+            s.dests
+                .binary_search_by_key(&(*addr, port), |d| d.dest.id())
+                .is_ok()
+        });
+        let wanted = desired
+            .virtual_service(key)
+            .is_some_and(|v| v.destinations.iter().any(|d| d.id() == (*addr, port)));
+        in_kernel && !wanted
+    });
+    plan.next_check = drain.next_deadline();
     plan
 }
 
@@ -668,6 +700,28 @@ mod tests {
     }
 
     #[test]
+    fn a_draining_destination_deleted_by_hand_is_forgotten_by_the_next_full_pass() {
+        let mut w = web();
+        w.step(0);
+        let k = tcp("10.96.0.10", 80);
+        w.set_counters(&k, "10.244.2.5", 3);
+        w.slices = vec![slice(raw_slice(
+            "web",
+            "1",
+            vec![endpoint("10.244.1.5", "b")],
+        ))];
+        w.step(10);
+        assert_eq!(w.drain.len(), 1);
+        w.observed.table.services[0]
+            .destinations
+            .retain(|d| d.destination.addr != ip("10.244.2.5"));
+        let p = w.step(20);
+        assert!(p.is_empty());
+        assert!(w.drain.is_empty());
+        assert_eq!(p.next_check, None);
+    }
+
+    #[test]
     fn a_returning_endpoint_gets_its_weight_back_and_stops_draining() {
         let mut w = web();
         w.step(0);
@@ -718,6 +772,23 @@ mod tests {
         assert_eq!(p.unbinds, vec![ip("10.96.0.10")]);
         assert_eq!(p.set_deletes.len(), 2);
         assert_eq!(w.observed, Observed::default());
+    }
+
+    #[test]
+    fn cleanup_removes_everything_kipvs_owns_and_nothing_else() {
+        let mut w = web();
+        w.step(0);
+        let keepalived = kernel_service(
+            tcp("192.168.1.200", 443),
+            Scheduler::WeightedLeastConnection,
+            &[],
+        );
+        w.observed.table.services.push(keepalived.clone());
+        let p = cleanup(&w.observed, &w.node, &w.config);
+        apply(&p, &mut w.observed);
+        assert_eq!(w.observed.table.services, vec![keepalived]);
+        assert!(w.observed.addresses.is_empty() && w.observed.ipsets.is_empty());
+        assert!(cleanup(&w.observed, &w.node, &w.config).is_empty());
     }
 
     #[test]
