@@ -1,0 +1,264 @@
+//! The metrics kipvs exports: kube-proxy's (prefix `kubeproxy_`, so dashboards and alerts
+//! keep working after the switch) and kipvs' own (prefix `kipvs_`).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Label of a kernel operation: what it did and how it ended.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// `add_service`, `update_destination`, `bind_address`, ...
+    pub kind: String,
+    /// `ok` or the error class (`exists`, `not_found`, `invalid`, `other`).
+    pub result: String,
+}
+
+/// Label of traffic-policy counters (`internal` / `external`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrafficPolicyLabels {
+    /// `internal` or `external`.
+    pub traffic_policy: String,
+}
+
+/// Label of the health endpoints' answer counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    /// HTTP status code.
+    pub code: String,
+}
+
+/// Every metric kipvs exports, registered once.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Duration of each sync (full or partial), seconds.
+    pub sync_duration: Histogram,
+    /// Duration of full (verify) syncs, seconds.
+    pub sync_full_duration: Histogram,
+    /// Duration of partial (incremental) syncs, seconds.
+    pub sync_partial_duration: Histogram,
+    /// When the last sync finished, Unix seconds.
+    pub last_sync_timestamp: Gauge<f64, AtomicU64>,
+    /// When the last change was queued, Unix seconds.
+    pub last_queued_timestamp: Gauge<f64, AtomicU64>,
+    /// From a change in the cluster to the kernel reflecting it, seconds.
+    pub network_programming_duration: Histogram,
+    /// Service changes seen.
+    pub service_changes: Counter,
+    /// Service changes not yet applied.
+    pub service_changes_pending: Gauge,
+    /// EndpointSlice changes seen.
+    pub endpoint_changes: Counter,
+    /// EndpointSlice changes not yet applied.
+    pub endpoint_changes_pending: Gauge,
+    /// Services with a Local policy and no local endpoint, by policy.
+    pub no_local_endpoints: Family<TrafficPolicyLabels, Gauge>,
+    /// `/healthz` answers by code.
+    pub healthz_total: Family<CodeLabels, Counter>,
+    /// `/livez` answers by code.
+    pub livez_total: Family<CodeLabels, Counter>,
+    /// Kernel operations carried out, by kind and result.
+    pub kernel_operations: Family<OperationLabels, Counter>,
+    /// Operations per Plan.
+    pub plan_operations: Histogram,
+    /// Destinations draining at weight 0.
+    pub graceful_termination_queue: Gauge,
+    /// Syncs that did not complete every operation.
+    pub sync_errors: Counter,
+}
+
+/// kube-proxy's network-programming buckets: 0.25 s and 0.5 s, each second to 59 s,
+/// every 5 s to 115 s, every 30 s to 300 s.
+fn programming_buckets() -> Vec<f64> {
+    let mut buckets = vec![0.25, 0.5];
+    buckets.extend((1..=59).map(f64::from));
+    buckets.extend((0..12).map(|i| 60.0 + 5.0 * f64::from(i)));
+    buckets.extend((0..7).map(|i| 120.0 + 30.0 * f64::from(i)));
+    buckets
+}
+
+fn seconds_buckets() -> Histogram {
+    // kube-proxy's: 1 ms doubling to ~16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut m = Metrics {
+            registry: Registry::default(),
+            sync_duration: seconds_buckets(),
+            sync_full_duration: seconds_buckets(),
+            sync_partial_duration: seconds_buckets(),
+            last_sync_timestamp: Gauge::default(),
+            last_queued_timestamp: Gauge::default(),
+            network_programming_duration: Histogram::new(programming_buckets()),
+            service_changes: Counter::default(),
+            service_changes_pending: Gauge::default(),
+            endpoint_changes: Counter::default(),
+            endpoint_changes_pending: Gauge::default(),
+            no_local_endpoints: Family::default(),
+            healthz_total: Family::default(),
+            livez_total: Family::default(),
+            kernel_operations: Family::default(),
+            plan_operations: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            graceful_termination_queue: Gauge::default(),
+            sync_errors: Counter::default(),
+        };
+        let mut registry = Registry::default();
+        let kp = registry.sub_registry_with_prefix("kubeproxy");
+        kp.register(
+            "sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+            m.sync_duration.clone(),
+        );
+        kp.register(
+            "sync_full_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for full resyncs",
+            m.sync_full_duration.clone(),
+        );
+        kp.register(
+            "sync_partial_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for partial resyncs",
+            m.sync_partial_duration.clone(),
+        );
+        kp.register(
+            "sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            m.last_sync_timestamp.clone(),
+        );
+        kp.register(
+            "sync_proxy_rules_last_queued_timestamp_seconds",
+            "The last time a sync of proxy rules was queued",
+            m.last_queued_timestamp.clone(),
+        );
+        kp.register(
+            "network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds",
+            m.network_programming_duration.clone(),
+        );
+        kp.register(
+            "sync_proxy_rules_service_changes",
+            "Cumulative proxy rules Service changes",
+            m.service_changes.clone(),
+        );
+        kp.register(
+            "sync_proxy_rules_service_changes_pending",
+            "Pending proxy rules Service changes",
+            m.service_changes_pending.clone(),
+        );
+        kp.register(
+            "sync_proxy_rules_endpoint_changes",
+            "Cumulative proxy rules Endpoint changes",
+            m.endpoint_changes.clone(),
+        );
+        kp.register(
+            "sync_proxy_rules_endpoint_changes_pending",
+            "Pending proxy rules Endpoint changes",
+            m.endpoint_changes_pending.clone(),
+        );
+        kp.register(
+            "sync_proxy_rules_no_local_endpoints_total",
+            "Number of services with a Local traffic policy and no endpoints",
+            m.no_local_endpoints.clone(),
+        );
+        kp.register(
+            "proxy_healthz",
+            "Cumulative proxy healthz HTTP status",
+            m.healthz_total.clone(),
+        );
+        kp.register(
+            "proxy_livez",
+            "Cumulative proxy livez HTTP status",
+            m.livez_total.clone(),
+        );
+        let own = registry.sub_registry_with_prefix("kipvs");
+        own.register(
+            "kernel_operations",
+            "Kernel operations carried out, by kind and result",
+            m.kernel_operations.clone(),
+        );
+        own.register(
+            "plan_operations",
+            "Kernel operations per Plan",
+            m.plan_operations.clone(),
+        );
+        own.register(
+            "graceful_termination_queue",
+            "Destinations draining at weight 0",
+            m.graceful_termination_queue.clone(),
+        );
+        own.register(
+            "sync_errors",
+            "Syncs in which some kernel operation failed",
+            m.sync_errors.clone(),
+        );
+        m.registry = registry;
+        m
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kube_proxy_metric_names_are_exported() {
+        let m = Metrics::new();
+        m.service_changes.inc();
+        m.sync_duration.observe(0.01);
+        m.no_local_endpoints
+            .get_or_create(&TrafficPolicyLabels {
+                traffic_policy: "external".into(),
+            })
+            .set(2);
+        let text = m.render();
+        for name in [
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+            "kubeproxy_network_programming_duration_seconds_bucket",
+            "kubeproxy_sync_proxy_rules_service_changes_total 1",
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total 0",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"} 2",
+            "kipvs_graceful_termination_queue 0",
+            "kipvs_sync_errors_total 0",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn kernel_operations_are_counted_by_kind_and_result() {
+        let m = Metrics::new();
+        m.kernel_operations
+            .get_or_create(&OperationLabels {
+                kind: "add_service".into(),
+                result: "ok".into(),
+            })
+            .inc_by(3);
+        assert!(m
+            .render()
+            .contains("kipvs_kernel_operations_total{kind=\"add_service\",result=\"ok\"} 3"));
+    }
+}
