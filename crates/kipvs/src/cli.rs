@@ -23,7 +23,7 @@ pub enum Command {
     /// Print the kernel's IPVS table as `ipvsadm -Ln` does.
     Dump(DumpArgs),
     /// Remove everything kipvs owns from the kernel.
-    Cleanup,
+    Cleanup(CleanupArgs),
     /// Print the version.
     Version,
 }
@@ -35,7 +35,7 @@ impl Command {
             Command::Run(_) => "run",
             Command::Plan(_) => "plan",
             Command::Dump(_) => "dump",
-            Command::Cleanup => "cleanup",
+            Command::Cleanup(_) => "cleanup",
             Command::Version => "version",
         }
     }
@@ -65,6 +65,14 @@ pub struct RunArgs {
     /// Remove everything kipvs owns, then exit (as `kube-proxy --cleanup`).
     #[arg(long)]
     pub cleanup: bool,
+}
+
+/// Options of `kipvs cleanup`.
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// kube-proxy's KubeProxyConfiguration YAML (for excludeCIDRs and the like).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 /// Options of `kipvs plan`.

@@ -6,5 +6,6 @@
 //! is a thin `main` over this library, so every piece here is testable.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod servers;
