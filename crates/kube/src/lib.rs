@@ -3,4 +3,5 @@
 //!
 //! This crate reads; it never touches the kernel.
 
+pub mod convert;
 pub mod state_file;

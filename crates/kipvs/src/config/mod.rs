@@ -297,6 +297,42 @@ impl Config {
         }
     }
 
+    /// The core's configuration. `primary` are the node's primary addresses (the Node
+    /// object's first InternalIP per family, or bindAddress), which the `primary` keyword
+    /// of nodePortAddresses stands for.
+    pub fn core(&self, primary: &[IpAddr]) -> kipvs_proxy::Config {
+        let host = |addr: &IpAddr| IpNet::from(*addr);
+        let node_port_addresses = self
+            .node_port_addresses
+            .iter()
+            .flat_map(|entry| -> Vec<IpNet> {
+                match entry {
+                    NodePortAddress::Cidr(net) => vec![*net],
+                    NodePortAddress::All => vec![
+                        IpNet::V4(ipnet::Ipv4Net::default()),
+                        IpNet::V6(ipnet::Ipv6Net::default()),
+                    ],
+                    NodePortAddress::Localhost => vec![
+                        IpNet::from(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                        IpNet::from(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
+                    ],
+                    NodePortAddress::Primary => {
+                        self.bind_address.iter().chain(primary).map(host).collect()
+                    }
+                }
+            })
+            .collect();
+        kipvs_proxy::Config {
+            scheduler: self.ipvs.scheduler.clone(),
+            exclude_cidrs: self.ipvs.exclude_cidrs.clone(),
+            node_port_addresses,
+            masquerade_all: self.masquerade_all,
+            masquerade_bit: self.masquerade_bit,
+            cluster_cidrs: self.cluster_cidrs.clone(),
+            ..kipvs_proxy::Config::default()
+        }
+    }
+
     /// Checks rules that span fields, as kube-proxy's validation does.
     fn validate(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
         let invalid = |field: &str, message: String| {

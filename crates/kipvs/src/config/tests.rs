@@ -298,3 +298,56 @@ fn a_missing_file_names_the_path() {
         "{err}"
     );
 }
+
+#[test]
+fn the_core_config_carries_the_ipvs_and_masquerade_settings() {
+    let config = parse(
+        "clusterCIDR: 10.244.0.0/16\nipvs: {scheduler: lc, excludeCIDRs: [10.0.0.0/8]}\niptables: {masqueradeAll: true, masqueradeBit: 10}\n",
+    )
+    .unwrap()
+    .config;
+    let core = config.core(&[]);
+    assert_eq!(core.scheduler, Scheduler::LeastConnection);
+    assert_eq!(
+        core.exclude_cidrs,
+        vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]
+    );
+    assert!(core.masquerade_all);
+    assert_eq!(core.masquerade_mark(), 1 << 10);
+    assert_eq!(
+        core.cluster_cidrs,
+        vec!["10.244.0.0/16".parse::<IpNet>().unwrap()]
+    );
+    assert!(
+        core.node_port_addresses.is_empty(),
+        "no nodePortAddresses: every address"
+    );
+}
+
+#[test]
+fn node_port_address_keywords_expand_for_the_core() {
+    let config = parse("nodePortAddresses: [primary, localhost, 192.168.0.0/16]\n")
+        .unwrap()
+        .config;
+    let core = config.core(&["192.168.1.10".parse().unwrap()]);
+    let nets: Vec<String> = core
+        .node_port_addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        nets,
+        [
+            "192.168.1.10/32",
+            "127.0.0.1/32",
+            "::1/128",
+            "192.168.0.0/16"
+        ]
+    );
+    let all = parse("nodePortAddresses: [all]\n")
+        .unwrap()
+        .config
+        .core(&[]);
+    assert!(all.is_node_port_address(&"203.0.113.9".parse().unwrap()));
+    assert!(all.is_node_port_address(&"2001:db8::9".parse().unwrap()));
+}
