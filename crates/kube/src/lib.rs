@@ -4,4 +4,5 @@
 //! This crate reads; it never touches the kernel.
 
 pub mod convert;
+pub mod source;
 pub mod state_file;
