@@ -298,6 +298,23 @@ impl Service {
             persistence: None,
         }
     }
+
+    /// The same service made persistent with `persistence` (sets `flags.persistent`).
+    pub fn with_persistence(mut self, persistence: Persistence) -> Self {
+        self.flags.persistent = true;
+        self.persistence = Some(persistence);
+        self
+    }
+
+    /// The same service with `flags` (keeping `flags.persistent` consistent with the
+    /// persistence settings).
+    pub fn with_flags(mut self, flags: ServiceFlags) -> Self {
+        self.flags = ServiceFlags {
+            persistent: self.persistence.is_some(),
+            ..flags
+        };
+        self
+    }
 }
 
 /// How packets reach a destination (`IP_VS_CONN_F_FWD_MASK` values).
@@ -457,6 +474,45 @@ pub struct Timeouts {
     pub tcp_fin: u32,
     /// UDP.
     pub udp: u32,
+}
+
+/// The IPVS version the kernel reports (`IP_VS_VERSION_CODE`, printed by ipvsadm as
+/// `IP Virtual Server version 1.2.1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Version {
+    /// Major version.
+    pub major: u8,
+    /// Minor version.
+    pub minor: u8,
+    /// Patch level.
+    pub patch: u8,
+}
+
+impl Version {
+    /// Splits the kernel's packed code `0x00MMmmpp`.
+    pub fn from_code(code: u32) -> Self {
+        let [_, major, minor, patch] = code.to_be_bytes();
+        Version {
+            major,
+            minor,
+            patch,
+        }
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// General facts about IPVS in a network namespace (`IPVS_CMD_GET_INFO`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Info {
+    /// IPVS version.
+    pub version: Version,
+    /// Number of buckets of the connection hash table (ipvsadm's `size=`).
+    pub conn_table_size: u32,
 }
 
 /// A value that failed validation: which field, what was given, what was expected.
