@@ -761,6 +761,26 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_request_the_kernel_never_answers_times_out_instead_of_hanging() {
+        // The generic netlink controller exists on every Linux kernel; a message without
+        // NLM_F_REQUEST is silently dropped by the kernel, so it is never answered.
+        let mut client = Client::with_family_name("nlctrl").expect("netlink is available");
+        client.set_timeout(Duration::from_millis(200)).unwrap();
+        let ctrl: u16 = GenlId::Ctrl.into();
+        let started = std::time::Instant::now();
+        let answers = client.round_trip(2, &mut |w, seq, _| {
+            let m = w.begin_genl(ctrl, 0, seq, CtrlCmd::Getfamily.into(), CTRL_VERSION);
+            w.end_msg(m);
+        });
+        assert!(answers
+            .iter()
+            .all(|a| matches!(a, Answer::Failed(Failure::Timeout))));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The client is still usable afterwards.
+        assert!(client.family_id() > 0);
+    }
+
     proptest! {
         #[test]
         fn dispatching_arbitrary_datagrams_never_panics(

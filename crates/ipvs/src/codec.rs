@@ -106,6 +106,42 @@ pub fn validate(op: &Operation) -> Result<(), InvalidValue> {
             }
             Ok(())
         }
+        Operation::AddDestination { destination, .. }
+        | Operation::UpdateDestination { destination, .. } => {
+            validate_forward(&destination.forward)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `IP_VS_TUNNEL_ENCAP_FLAG_CSUM`.
+const TUN_F_CSUM: u16 = 1;
+/// `IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM`: remote checksum offload, a GUE feature.
+const TUN_F_REMCSUM: u16 = 2;
+
+fn validate_forward(forward: &ForwardMethod) -> Result<(), InvalidValue> {
+    match forward {
+        // The kernel stores it, but it is not a way to forward: ipvsadm prints "(null)".
+        ForwardMethod::Bypass => Err(InvalidValue::new(
+            "forwarding method",
+            "bypass",
+            "masq, local, tunnel or route (bypass only appears in kernel replies)",
+        )),
+        ForwardMethod::Tunnel(t) if t.flags & !(TUN_F_CSUM | TUN_F_REMCSUM) != 0 => {
+            Err(InvalidValue::new(
+                "tunnel flags",
+                &format!("{:#x}", t.flags),
+                "a combination of csum (0x1) and remcsum (0x2)",
+            ))
+        }
+        // The kernel accepts it, but it means nothing for GRE and makes ipvsadm -Sn crash.
+        ForwardMethod::Tunnel(t) if t.flags & TUN_F_REMCSUM != 0 && t.kind != TunnelKind::Gue => {
+            Err(InvalidValue::new(
+                "tunnel flags",
+                "remcsum",
+                "remote checksum offload (remcsum) only with a GUE tunnel",
+            ))
+        }
         _ => Ok(()),
     }
 }
@@ -954,5 +990,28 @@ mod tests {
             },
         );
         assert!(validate(&Operation::AddService(bad)).is_err());
+    }
+
+    #[test]
+    fn destinations_ipvsadm_could_not_print_are_rejected_before_sending() {
+        let add = |forward| Operation::AddDestination {
+            service: tcp("10.0.0.1", 80),
+            destination: Destination {
+                forward,
+                ..Destination::masq("10.1.0.1".parse().unwrap(), 80, 1)
+            },
+        };
+        let tun = |kind, flags| {
+            ForwardMethod::Tunnel(TunnelConfig {
+                kind,
+                port: 6080,
+                flags,
+            })
+        };
+        assert!(validate(&add(ForwardMethod::Bypass)).is_err());
+        assert!(validate(&add(tun(TunnelKind::Gre, TUN_F_REMCSUM))).is_err());
+        assert!(validate(&add(tun(TunnelKind::Gue, 4))).is_err());
+        assert!(validate(&add(tun(TunnelKind::Gue, TUN_F_REMCSUM | TUN_F_CSUM))).is_ok());
+        assert!(validate(&add(tun(TunnelKind::Gre, TUN_F_CSUM))).is_ok());
     }
 }

@@ -92,7 +92,7 @@ fn forward() -> impl Strategy<Value = ForwardMethod> {
         Just(ForwardMethod::Masq),
         Just(ForwardMethod::Local),
         Just(ForwardMethod::Route),
-        Just(ForwardMethod::Bypass),
+        Just(ForwardMethod::Bypass), // decodes fine; validate() keeps it from being sent
         (
             proptest::sample::select(vec![TunnelKind::IpIp, TunnelKind::Gue, TunnelKind::Gre]),
             any::<u16>(),
