@@ -4,6 +4,9 @@
 //! where the running kernel lacks it), started by `tests/run`. Plain `cargo test` lists
 //! them as ignored.
 
+// Test code: a panic is a test failure, with the message of what was unwrapped.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -189,7 +192,7 @@ fn every_scheduler_round_trips_and_ipvsadm_prints_it() {
     let services: Vec<Service> = Scheduler::KNOWN
         .iter()
         .enumerate()
-        .map(|(i, s)| Service::new(tcp("10.0.0.1", 1000 + i as u16), s.clone()))
+        .map(|(i, s)| Service::new(tcp("10.0.0.1", 1000 + u16::try_from(i).unwrap()), s.clone()))
         .collect();
     let ops: Vec<_> = services
         .iter()
@@ -598,7 +601,7 @@ fn a_batch_of_10000_operations_reports_exactly_its_failures_and_applies_the_rest
         for j in 0..9u8 {
             let d = Destination::masq(
                 ip(&format!("10.3.{}.{}", j, i % 250 + 1)),
-                8000 + i as u16,
+                8000 + u16::try_from(i).unwrap(),
                 1,
             );
             ops.push(Operation::AddDestination {
