@@ -841,3 +841,38 @@ fn the_whole_table_reads_back_with_services_of_many_destinations() {
     assert_eq!(table_save_lines(&read), save_lines(&table));
     assert_eq!(table_save_lines(&read), ipvsadm_save(&ns));
 }
+
+#[test]
+#[ignore = "kernel: run by tests/run"]
+fn a_batch_where_every_operation_fails_reports_every_failure() {
+    // Every error answer echoes its request: the worst case for the receive buffer.
+    let (ns, _g, mut client) = setup();
+    let ops: Vec<Operation> = (0..5000u32)
+        .map(|i| Operation::AddDestination {
+            service: tcp("10.0.0.1", 80),
+            destination: Destination {
+                forward: tunnel(TunnelKind::Gue, 6080, 1),
+                upper_threshold: i,
+                ..Destination::masq(
+                    IpAddr::V6(std::net::Ipv6Addr::from(u128::from(i) + 1)),
+                    80,
+                    1,
+                )
+            },
+        })
+        .collect();
+    for chunk in [client.max_batch(), 7] {
+        client.set_max_batch(chunk);
+        let results = client.apply(&ops);
+        assert_eq!(results.len(), ops.len());
+        for (i, r) in results.iter().enumerate() {
+            match r {
+                Err(e @ Error::NotFound { .. }) => {
+                    assert_eq!(e.context(), Some(&ops[i].context()));
+                }
+                other => panic!("operation {i} in chunks of {chunk}: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(ipvsadm_save(&ns), Vec::<String>::new());
+}
