@@ -10,9 +10,11 @@
 //! It must not touch what it did not create: foreign addresses, sets and chains on the
 //! node are left alone, and [`cleanup`] removes exactly what kipvs installs.
 
+pub mod cleanup;
 mod cmd;
 mod error;
 pub mod ipset;
+pub mod iptables;
 pub mod link;
 pub mod sysctl;
 

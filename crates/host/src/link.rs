@@ -277,9 +277,7 @@ impl VipLink {
             }
         })
         .await
-        .map_err(|(vip, e)| {
-            Error::netlink("remove address", format!("{vip} on {}", self.name), e)
-        })
+        .map_err(|(vip, e)| Error::netlink("remove address", format!("{vip} on {}", self.name), e))
     }
 
     /// Makes the link's host addresses equal `desired`: binds the missing VIPs, removes
@@ -375,7 +373,10 @@ async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
     let mut links = handle.link().get().match_name(name).execute();
     match links.try_next().await {
         Ok(Some(link)) => {
-            let kind_ok = link.attributes.iter().any(|a| matches!(a, LinkAttribute::LinkInfo(_)));
+            let kind_ok = link
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::LinkInfo(_)));
             if !kind_ok {
                 tracing::debug!(link = name, "link has no link info");
             }
@@ -437,7 +438,9 @@ mod tests {
         let m = address_message(7, ip("fd00::1"));
         assert_eq!(m.header.prefix_len, 128);
         assert!(m.header.flags.contains(AddressHeaderFlags::Nodad));
-        assert!(m.attributes.contains(&AddressAttribute::Flags(AddressFlags::Nodad)));
+        assert!(m
+            .attributes
+            .contains(&AddressAttribute::Flags(AddressFlags::Nodad)));
         let m = address_message(7, ip("10.96.0.1"));
         assert_eq!(m.header.prefix_len, 32);
         assert_eq!(m.header.family, AddressFamily::Inet);

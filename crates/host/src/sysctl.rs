@@ -218,7 +218,10 @@ impl Sysctls {
                     source: std::io::Error::from(ErrorKind::NotFound),
                 });
             }
-            tracing::warn!(sysctl = setting.name, "optional sysctl does not exist here; skipped");
+            tracing::warn!(
+                sysctl = setting.name,
+                "optional sysctl does not exist here; skipped"
+            );
             return Ok(Outcome::Absent);
         };
         if current == setting.value {
@@ -319,7 +322,10 @@ mod tests {
             KernelVersion::parse("6.1.0-18-amd64"),
             Some(KernelVersion(6, 1, 0))
         );
-        assert_eq!(KernelVersion::parse("4.19\n"), Some(KernelVersion(4, 19, 0)));
+        assert_eq!(
+            KernelVersion::parse("4.19\n"),
+            Some(KernelVersion(4, 19, 0))
+        );
         assert_eq!(
             KernelVersion::parse("5.8.18-fc"),
             Some(KernelVersion(5, 8, 18))
@@ -369,7 +375,10 @@ mod tests {
 
     #[test]
     fn ensure_writes_changes_and_leaves_equal_values_alone() {
-        let root = fake_root(&[("net.ipv4.ip_forward", "0\n"), ("net.ipv4.vs.conntrack", "1\n")]);
+        let root = fake_root(&[
+            ("net.ipv4.ip_forward", "0\n"),
+            ("net.ipv4.vs.conntrack", "1\n"),
+        ]);
         let sysctls = Sysctls::under(&root);
         let out = sysctls
             .apply(&[
@@ -384,7 +393,10 @@ mod tests {
                 ("net.ipv4.vs.conntrack", Outcome::Unchanged),
             ]
         );
-        assert_eq!(sysctls.read("net.ipv4.ip_forward").unwrap().as_deref(), Some("1"));
+        assert_eq!(
+            sysctls.read("net.ipv4.ip_forward").unwrap().as_deref(),
+            Some("1")
+        );
     }
 
     #[test]
@@ -392,7 +404,9 @@ mod tests {
         let root = fake_root(&[("net.ipv4.ip_forward", "1")]);
         let sysctls = Sysctls::under(&root);
         assert_eq!(
-            sysctls.ensure(&setting("net.ipv4.vs.conn_reuse_mode", "0", false)).unwrap(),
+            sysctls
+                .ensure(&setting("net.ipv4.vs.conn_reuse_mode", "0", false))
+                .unwrap(),
             Outcome::Absent
         );
         let err = sysctls

@@ -262,7 +262,9 @@ mod tests {
         let vip = "10.96.0.1".parse().unwrap();
         sets.insert(KubeSet::ClusterIp, Entry::IpPort(vip, Protocol::Tcp, 443))
             .unwrap();
-        assert!(sets.insert(KubeSet::NodePortTcp, Entry::IpPort(vip, Protocol::Tcp, 1)).is_err());
+        assert!(sets
+            .insert(KubeSet::NodePortTcp, Entry::IpPort(vip, Protocol::Tcp, 1))
+            .is_err());
         assert!(sets
             .insert(KubeSet::IpvsIps, Entry::Ip("fd00::1".parse().unwrap()))
             .is_err());

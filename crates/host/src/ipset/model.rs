@@ -286,13 +286,23 @@ mod tests {
             "fd00::5,sctp:80,fd00::5"
         );
         assert_eq!(
-            Entry::ip_port_net(ip("1.2.3.4"), Protocol::Udp, 53, "10.1.2.3/8".parse().unwrap())
-                .to_string(),
+            Entry::ip_port_net(
+                ip("1.2.3.4"),
+                Protocol::Udp,
+                53,
+                "10.1.2.3/8".parse().unwrap()
+            )
+            .to_string(),
             "1.2.3.4,udp:53,10.0.0.0/8"
         );
         assert_eq!(
-            Entry::ip_port_net(ip("1.2.3.4"), Protocol::Tcp, 80, "10.1.2.3/32".parse().unwrap())
-                .to_string(),
+            Entry::ip_port_net(
+                ip("1.2.3.4"),
+                Protocol::Tcp,
+                80,
+                "10.1.2.3/32".parse().unwrap()
+            )
+            .to_string(),
             "1.2.3.4,tcp:80,10.1.2.3"
         );
         assert_eq!(Entry::Port(30080).to_string(), "30080");
@@ -314,14 +324,22 @@ mod tests {
             assert_eq!(entry.kind(), kind);
         }
         assert_eq!(Entry::parse(SetKind::HashIpPort, "10.0.0.1,icmp:0"), None);
-        assert_eq!(Entry::parse(SetKind::HashIpPort, "10.0.0.1,tcp:80,1.1.1.1"), None);
+        assert_eq!(
+            Entry::parse(SetKind::HashIpPort, "10.0.0.1,tcp:80,1.1.1.1"),
+            None
+        );
     }
 
     #[test]
     fn set_specs_refuse_entries_of_another_kind_or_family() {
         let v6 = Entry::IpPort("fd00::1".parse().unwrap(), Protocol::Tcp, 80);
-        let err = SetSpec::try_new("KUBE-CLUSTER-IP", SetKind::HashIpPort, Family::V4, [v6].into())
-            .unwrap_err();
+        let err = SetSpec::try_new(
+            "KUBE-CLUSTER-IP",
+            SetKind::HashIpPort,
+            Family::V4,
+            [v6].into(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("fd00::1,tcp:80"), "{err}");
         let port = Entry::Port(80);
         assert!(SetSpec::try_new("X", SetKind::HashIpPort, Family::V4, [port].into()).is_err());

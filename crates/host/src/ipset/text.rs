@@ -130,11 +130,17 @@ add FOREIGN KUBE-NODE-PORT-TCP
         assert_eq!(cidr.family, Some(Family::V4));
         assert_eq!(cidr.maxelem, Some(65536));
         assert_eq!(cidr.members.len(), 2);
-        assert_eq!(sets["KUBE-NODE-PORT-TCP"].members, [Entry::Port(30080)].into());
+        assert_eq!(
+            sets["KUBE-NODE-PORT-TCP"].members,
+            [Entry::Port(30080)].into()
+        );
         let lb = &sets["KUBE-6-LOOP-BACK"];
         assert_eq!(lb.maxelem, Some(131_072));
         let ip = "fd00::1".parse().unwrap();
-        assert_eq!(lb.members, [Entry::IpPortIp(ip, Protocol::Sctp, 80, ip)].into());
+        assert_eq!(
+            lb.members,
+            [Entry::IpPortIp(ip, Protocol::Sctp, 80, ip)].into()
+        );
         assert_eq!(sets["FOREIGN"].kind, None);
         assert!(sets["FOREIGN"].members.is_empty());
     }
@@ -157,7 +163,10 @@ add FOREIGN KUBE-NODE-PORT-TCP
                 hashsize: 1024,
                 maxelem: 65536,
             }),
-            SetOp::Add("KUBE-CLUSTER-IP".into(), Entry::IpPort(ip, Protocol::Udp, 53)),
+            SetOp::Add(
+                "KUBE-CLUSTER-IP".into(),
+                Entry::IpPort(ip, Protocol::Udp, 53),
+            ),
             SetOp::Del("KUBE-NODE-PORT-UDP".into(), Entry::Port(30053)),
             SetOp::Swap("A".into(), "B".into()),
             SetOp::Destroy("A".into()),
