@@ -9,6 +9,40 @@
 //!
 //! It must not touch what it did not create: foreign addresses, sets and chains on the
 //! node are left alone, and [`cleanup`] removes exactly what kipvs installs.
+//!
+//! # One sync, as the binary runs it
+//! Sysctls once at start; then, per sync and per address family, the sets first (rules
+//! match them by name, so they must exist), then the rules, then the VIPs:
+//!
+//! ```no_run
+//! # async fn sync() -> Result<(), Box<dyn std::error::Error>> {
+//! use kipvs_host::ipset::{self, Entry, KubeSet, KubeSets, Protocol};
+//! use kipvs_host::iptables::{Backend, Iptables, LocalDetector, RuleConfig, RuleSpec};
+//! use kipvs_host::link::VipLink;
+//! use kipvs_host::sysctl::{kube_proxy_settings, KernelVersion, SysctlConfig, Sysctls};
+//! use kipvs_host::Family;
+//!
+//! // At start.
+//! let settings = kube_proxy_settings(SysctlConfig { strict_arp: true }, KernelVersion::running()?);
+//! Sysctls::default().apply(&settings)?;
+//! let backend = Backend::detect();
+//! let link = VipLink::ensure(kipvs_host::link::DEFAULT_LINK).await?;
+//!
+//! // Each sync: what the proxy core wants, converted into this crate's inputs.
+//! let vip: std::net::IpAddr = "10.96.0.10".parse()?;
+//! let mut sets = KubeSets::new(Family::V4);
+//! sets.insert(KubeSet::ClusterIp, Entry::IpPort(vip, Protocol::Tcp, 80))?;
+//! sets.insert(KubeSet::IpvsIps, Entry::Ip(vip))?;
+//! ipset::sync_sets(&sets.specs())?;
+//! let config = RuleConfig {
+//!     local_detector: LocalDetector::Cidr("10.244.0.0/16".parse()?),
+//!     random_fully: backend.random_fully(),
+//!     ..RuleConfig::default()
+//! };
+//! Iptables::new(backend, Family::V4).sync(&RuleSpec::new(&sets, config))?;
+//! link.converge(&[vip].into()).await?;
+//! # Ok(()) }
+//! ```
 
 pub mod cleanup;
 mod cmd;

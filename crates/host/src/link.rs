@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
-use netlink_packet_route::link::{LinkAttribute, LinkFlags};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkDummy, LinkUnspec};
 
@@ -373,12 +373,15 @@ async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
     let mut links = handle.link().get().match_name(name).execute();
     match links.try_next().await {
         Ok(Some(link)) => {
-            let kind_ok = link
-                .attributes
-                .iter()
-                .any(|a| matches!(a, LinkAttribute::LinkInfo(_)));
-            if !kind_ok {
-                tracing::debug!(link = name, "link has no link info");
+            let dummy = link.attributes.iter().any(|a| match a {
+                LinkAttribute::LinkInfo(infos) => infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Dummy))),
+                _ => false,
+            });
+            if !dummy {
+                // kube-proxy does not check either; say so, and use it as it is.
+                tracing::warn!(link = name, "the VIP link exists but is not a dummy link");
             }
             Ok(Some(link.header.index))
         }
