@@ -3,6 +3,9 @@
 //!
 //! This crate reads; it never touches the kernel.
 
+pub mod client;
 pub mod convert;
+pub mod events;
 pub mod source;
 pub mod state_file;
+pub mod watch;
