@@ -24,8 +24,9 @@ use crate::{Error, Result};
 /// The name kube-proxy gives the link.
 pub const DEFAULT_LINK: &str = "kube-ipvs0";
 
-/// How many address requests are in flight at once on the rtnetlink socket.
-const IN_FLIGHT: usize = 256;
+/// How many address requests are in flight at once on the rtnetlink socket (each ACK
+/// takes ~0.75 KiB of the ~208 KiB default receive buffer: stay well below ENOBUFS).
+const IN_FLIGHT: usize = 128;
 
 const EEXIST: i32 = 17;
 const ENODEV: i32 = 19;

@@ -382,6 +382,7 @@ impl Topology {
                setsid timeout 120 socat $l,fork,reuseaddr SYSTEM:'echo $SOCAT_PEERADDR' \
                  </dev/null >/dev/null 2>&1 &
              done");
+        wait_listening(&t.pod, 8080, true);
         t
     }
 
@@ -396,6 +397,17 @@ impl Topology {
         self.node
             .run_ok("ipvsadm", &["-a", "-t", &v, "-r", &r, "-m"]);
     }
+}
+
+/// Waits until something in `ns` listens on TCP `port` (IPv4 and, with `both`, IPv6).
+fn wait_listening(ns: &Netns, port: u16, both: bool) {
+    let want = if both { 2 } else { 1 };
+    ns.sh(&format!(
+        "for i in $(seq 100); do
+           [ $(ss -Hltn \"sport = :{port}\" | wc -l) -ge {want} ] && exit 0
+           sleep 0.1
+         done; echo 'nothing listens on {port}' >&2; exit 1"
+    ));
 }
 
 /// Connects from `ns` to `addr` (`10.96.0.10:80`, `[fd00::1]:80`), retrying while the
@@ -471,6 +483,7 @@ fn traffic_to_vips_on_the_down_link_reaches_a_local_ipvs_service_over_ipv4_and_i
         "setsid timeout 120 socat TCP4-LISTEN:2222,fork,reuseaddr SYSTEM:'echo node' \
            </dev/null >/dev/null 2>&1 &",
     );
+    wait_listening(&t.node, 2222, false);
     assert_eq!(connect(&t.client, Family::V4, "10.96.0.10:2222"), "node");
 
     // ...until the rules are in: KUBE-IPVS-FILTER rejects it, the Service still works,
@@ -495,6 +508,80 @@ fn traffic_to_vips_on_the_down_link_reaches_a_local_ipvs_service_over_ipv4_and_i
     assert_eq!(
         connect(&t.client, Family::V6, "[fd00:96::10]:80"),
         "fd00:244::1"
+    );
+
+    // With a FORWARD policy of DROP, KUBE-FORWARD still lets the Service's replies
+    // through (they are conntrack-established).
+    t.node
+        .sh("iptables -P FORWARD DROP && ip6tables -P FORWARD DROP");
+    assert_eq!(
+        connect(&t.client, Family::V4, "10.96.0.10:80"),
+        "10.244.1.1"
+    );
+    assert_eq!(
+        connect(&t.client, Family::V6, "[fd00:96::10]:80"),
+        "fd00:244::1"
+    );
+}
+
+#[test]
+#[ignore = "kernel: run by tests/run"]
+fn load_balancer_source_ranges_admit_listed_clients_and_drop_the_others() {
+    let t = Topology::new();
+    let _in = t.node.enter();
+    let settings = sysctl::kube_proxy_settings(
+        SysctlConfig::default(),
+        sysctl::KernelVersion::running().unwrap(),
+    );
+    Sysctls::default().apply(&settings).unwrap();
+    let lb = ip("203.0.113.10");
+    runtime().block_on(async {
+        let link = VipLink::ensure("kube-ipvs0").await.unwrap();
+        link.converge(&[lb].into()).await.unwrap();
+    });
+    t.ipvs_service("203.0.113.10", 80, "10.244.1.2");
+    let sync = |allowed: &str| {
+        let mut sets = KubeSets::new(Family::V4);
+        let port = Entry::IpPort(lb, Protocol::Tcp, 80);
+        sets.insert(KubeSet::LoadBalancer, port).unwrap();
+        sets.insert(KubeSet::LoadBalancerFw, port).unwrap();
+        sets.insert(KubeSet::IpvsIps, Entry::Ip(lb)).unwrap();
+        let range = Entry::ip_port_net(lb, Protocol::Tcp, 80, allowed.parse().unwrap());
+        sets.insert(KubeSet::LoadBalancerSourceCidr, range).unwrap();
+        ipset::sync_sets(&sets.specs()).unwrap();
+        let spec = rules(&sets, LocalDetector::Cidr("10.244.0.0/16".parse().unwrap()));
+        Iptables::new(Backend::Nft, Family::V4).sync(&spec).unwrap();
+    };
+    // The client's range is listed: admitted (and masqueraded: LoadBalancer traffic).
+    sync("10.250.0.0/24");
+    assert_eq!(
+        connect(&t.client, Family::V4, "203.0.113.10:80"),
+        "10.244.1.1"
+    );
+    // Only another range is listed: the client's packets are dropped.
+    sync("192.0.2.0/24");
+    let out = t.client.run(
+        "socat",
+        &[
+            "-T",
+            "3",
+            "-u",
+            "TCP4:203.0.113.10:80,connect-timeout=3",
+            "STDOUT",
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "a client outside the source ranges got through"
+    );
+    let counters = t.node.run_ok("iptables-save", &["-c", "-t", "filter"]);
+    let drop_rule = counters
+        .lines()
+        .find(|l| l.ends_with("-A KUBE-SOURCE-RANGES-FIREWALL -j DROP"))
+        .unwrap();
+    assert!(
+        !drop_rule.starts_with("[0:"),
+        "nothing was dropped: {drop_rule}"
     );
 }
 
