@@ -1,0 +1,3 @@
+//! The sync loop: cluster events in, Plans out to the kernel executors.
+
+pub mod cluster;
