@@ -193,25 +193,26 @@ impl SetName {
             .flat_map(|f| SetKind::ALL.into_iter().map(move |k| SetName::new(k, f)))
     }
 
+    /// Longest set name the kernel accepts (`IPSET_MAXNAMELEN` is 32 with the NUL).
+    pub const MAX_LEN: usize = 31;
+
     /// Recognises one of kipvs' set names; `None` for any other name.
     pub fn parse(name: &str) -> Option<SetName> {
-        let (family, base) = if let Some(base) = name.strip_prefix("KUBE-6-") {
-            (Family::V6, base)
-        } else {
-            (Family::V4, name.strip_prefix("KUBE-")?)
-        };
-        SetKind::ALL
-            .into_iter()
-            .find(|k| k.base_name() == base)
-            .map(|kind| SetName { kind, family })
+        SetName::all().find(|set| set.to_string() == name)
     }
 }
 
 impl fmt::Display for SetName {
+    /// kube-proxy's names: `KUBE-<BASE>` for IPv4 and `KUBE-6-<BASE>` for IPv6, the
+    /// latter cut to the kernel's 31 characters as kube-proxy cuts it
+    /// (`KUBE-6-LOAD-BALANCER-SOURCE-CID`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.family {
             Family::V4 => write!(f, "KUBE-{}", self.kind.base_name()),
-            Family::V6 => write!(f, "KUBE-6-{}", self.kind.base_name()),
+            Family::V6 => {
+                let name = format!("KUBE-6-{}", self.kind.base_name());
+                f.write_str(name.get(..SetName::MAX_LEN).unwrap_or(&name))
+            }
         }
     }
 }
@@ -365,6 +366,21 @@ pub type Entry = (SetName, Member);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_names_fit_the_kernel_and_parse_back() {
+        for set in SetName::all() {
+            let name = set.to_string();
+            assert!(
+                name.len() <= SetName::MAX_LEN,
+                "{name} is too long for ipset"
+            );
+            assert_eq!(SetName::parse(&name), Some(set), "{name}");
+        }
+        let cut = SetName::new(SetKind::LoadBalancerSourceCidr, Family::V6);
+        assert_eq!(cut.to_string(), "KUBE-6-LOAD-BALANCER-SOURCE-CID");
+        assert_eq!(SetName::parse("KUBE-FOO"), None);
+    }
 
     #[test]
     fn set_names_follow_kube_proxy_with_a_kube_6_prefix_for_ipv6() {

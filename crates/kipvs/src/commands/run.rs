@@ -1,9 +1,263 @@
-//! `kipvs run`.
+//! `kipvs run`: the daemon.
+//!
+//! Reads the configuration (refusing a bad one with the reason), prepares the node
+//! without removing anything that carries traffic, starts the health and metrics
+//! servers, then runs the sync loop on events from the cluster source. SIGTERM and
+//! SIGINT stop it and leave every rule in place, as kube-proxy does.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kipvs_kube::source::{self, ClusterEvent};
+use kipvs_proxy::Proxier;
+use tokio::sync::mpsc;
+
+use crate::cli::RunArgs;
+use crate::config::{Config, LogFormat};
+use crate::servers::{self, health::ProxyHealth, Shared};
+use crate::sync::kernel::{Kernel, SimulatedKernel};
+use crate::sync::node::{local_addresses, NodeKernel};
+use crate::sync::run_loop::{Mode, Outcome, SyncLoop, Timing};
+
+/// The dummy link VIPs are bound to.
+pub const LINK_NAME: &str = "kube-ipvs0";
+
+/// How often a state file is checked for changes.
+const STATE_FILE_POLL: Duration = Duration::from_secs(1);
+
+/// Sets up logging: `RUST_LOG` when set, else info (debug from verbosity 4 up), as
+/// text or JSON lines on standard error.
+pub fn init_logging(format: LogFormat, verbosity: u32) {
+    let default = if verbosity >= 4 { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests) keeps the first.
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// The configuration with the command line's overrides applied, as kube-proxy's flags
+/// override its file.
+///
+/// Fails with the file, line, column and field of a bad configuration.
+pub fn load_config(args: &RunArgs) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let loaded = Config::load(path).map_err(|e| e.to_string())?;
+            for field in &loaded.unused_fields {
+                tracing::info!(field = %field, "configuration field is accepted but not used by kipvs");
+            }
+            loaded.config
+        }
+        None => Config::default(),
+    };
+    if let Some(kubeconfig) = &args.kubeconfig {
+        config.kubeconfig = Some(kubeconfig.clone());
+    }
+    if let Some(name) = &args.hostname_override {
+        config.hostname_override = Some(name.clone());
+    }
+    Ok(config)
+}
+
+/// This node's name: the override, else the hostname, lower-cased as Kubernetes does.
+fn node_name(config: &Config) -> String {
+    config
+        .hostname_override
+        .clone()
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+        })
+        .unwrap_or_default()
+        .trim()
+        .to_lowercase()
+}
 
 /// Runs `kipvs run`.
-pub fn main(_args: &crate::cli::RunArgs) -> ExitCode {
-    eprintln!("kipvs: `run` is not implemented yet");
-    ExitCode::from(2)
+pub fn main(args: &RunArgs) -> ExitCode {
+    let config = match load_config(args) {
+        Ok(config) => config,
+        Err(why) => {
+            eprintln!("kipvs: invalid configuration: {why}");
+            return ExitCode::from(1);
+        }
+    };
+    init_logging(config.log_format, config.verbosity);
+    if args.cleanup {
+        // kube-proxy's --cleanup, kept as an alias of `kipvs cleanup`.
+        return crate::commands::cleanup::main(&crate::cli::CleanupArgs {
+            config: args.config.clone(),
+        });
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("kipvs: cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(run(args, config))
+}
+
+async fn run(args: &RunArgs, config: Config) -> ExitCode {
+    let node_name = node_name(&config);
+    if node_name.is_empty() {
+        eprintln!("kipvs: cannot tell this node's name: pass --hostname-override");
+        return ExitCode::from(1);
+    }
+    let shared = Shared::new(ProxyHealth::new(config.ipvs.sync_period * 2));
+    if let Err(code) = start_servers(&config, Arc::clone(&shared)).await {
+        return code;
+    }
+
+    let (tx, rx) = mpsc::channel::<ClusterEvent>(1024);
+    let Some(state) = args.state.clone() else {
+        eprintln!("kipvs: watching an API server is not available yet; use --state FILE");
+        return ExitCode::from(2);
+    };
+    tokio::spawn(source::watch_state_file(state, STATE_FILE_POLL, tx));
+
+    let timing = Timing {
+        sync_period: config.ipvs.sync_period,
+        min_sync_period: config.ipvs.min_sync_period,
+        retry: Duration::from_secs(1).min(config.ipvs.sync_period),
+    };
+    let mode = if args.once {
+        Mode::Once
+    } else {
+        Mode::Continuous
+    };
+    let addresses = local_addresses(LINK_NAME).unwrap_or_default();
+    let node = kipvs_proxy::Node::new(node_name.clone()).with_addresses(addresses.iter().copied());
+    let proxier = Proxier::new(config.core(&addresses), node);
+    tracing::info!(node = %node_name, dry_run = args.dry_run, "kipvs starting");
+
+    let outcome = if args.dry_run {
+        drive(
+            SyncLoop::new(
+                proxier,
+                &node_name,
+                DryRun(SimulatedKernel::default()),
+                shared,
+                timing,
+            ),
+            rx,
+            mode,
+        )
+        .await
+    } else {
+        let kernel = match NodeKernel::setup(&config, LINK_NAME).await {
+            Ok(kernel) => kernel,
+            Err(err) => {
+                eprintln!("kipvs: cannot prepare the node: {err}");
+                return ExitCode::from(1);
+            }
+        };
+        drive(
+            SyncLoop::new(proxier, &node_name, kernel, shared, timing),
+            rx,
+            mode,
+        )
+        .await
+    };
+    match outcome {
+        Some(Outcome::Once { success: true }) => ExitCode::SUCCESS,
+        Some(Outcome::Once { success: false }) => ExitCode::from(1),
+        Some(Outcome::SourceClosed) => {
+            eprintln!("kipvs: the cluster source stopped");
+            ExitCode::from(1)
+        }
+        None => {
+            tracing::info!("stopping; the kernel rules stay in place");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Runs the loop until it ends or a termination signal arrives (`None`).
+async fn drive<K: Kernel>(
+    mut sync: SyncLoop<K>,
+    rx: mpsc::Receiver<ClusterEvent>,
+    mode: Mode,
+) -> Option<Outcome> {
+    let terminate = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            () = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+        }
+    };
+    tokio::select! {
+        outcome = sync.run(rx, mode) => Some(outcome),
+        () = terminate => None,
+    }
+}
+
+/// Starts the health and metrics servers. A port that cannot be bound is fatal only
+/// with bindAddressHardFail, as in kube-proxy.
+async fn start_servers(config: &Config, shared: Arc<Shared>) -> Result<(), ExitCode> {
+    for (what, addr, router) in [
+        (
+            "health",
+            config.healthz_bind_address,
+            servers::health_router(Arc::clone(&shared)),
+        ),
+        (
+            "metrics",
+            config.metrics_bind_address,
+            servers::metrics_router(Arc::clone(&shared)),
+        ),
+    ] {
+        match servers::bind(addr, router).await {
+            Ok((bound, serve)) => {
+                tracing::info!(server = what, address = %bound, "serving");
+                tokio::spawn(serve);
+            }
+            Err(err) if config.bind_address_hard_fail => {
+                eprintln!("kipvs: cannot serve {what} on {addr}: {err}");
+                return Err(ExitCode::from(1));
+            }
+            Err(err) => {
+                tracing::warn!(server = what, address = %addr, error = %err, "cannot serve")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `--dry-run`: plans are logged, the kernel is left alone. The plans are applied to a
+/// simulation, so each later plan shows only what changed since.
+#[derive(Debug)]
+struct DryRun(SimulatedKernel);
+
+impl Kernel for DryRun {
+    fn observe(&mut self) -> Result<kipvs_proxy::Observed, crate::sync::kernel::ObserveError> {
+        self.0.observe()
+    }
+
+    fn apply(&mut self, plan: &kipvs_proxy::Plan) -> crate::sync::kernel::Report {
+        for op in &plan.ipvs {
+            tracing::info!(op = ?op, "dry run: would apply");
+        }
+        for addr in &plan.binds {
+            tracing::info!(address = %addr, "dry run: would bind");
+        }
+        for addr in &plan.unbinds {
+            tracing::info!(address = %addr, "dry run: would unbind");
+        }
+        self.0.apply(plan)
+    }
 }

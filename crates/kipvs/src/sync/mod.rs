@@ -1,3 +1,8 @@
 //! The sync loop: cluster events in, Plans out to the kernel executors.
 
 pub mod cluster;
+pub mod conntrack;
+mod host_glue;
+pub mod kernel;
+pub mod node;
+pub mod run_loop;

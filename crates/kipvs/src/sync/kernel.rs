@@ -1,0 +1,175 @@
+//! The kernel behind a narrow seam: the sync loop only reads the state kipvs may own
+//! ([`Kernel::observe`]) and carries out Plans ([`Kernel::apply`]). The node's real
+//! kernel implements it in [`super::node`]; tests use [`SimulatedKernel`].
+
+use std::collections::BTreeMap;
+
+use kipvs_proxy::{IpvsOp, Observed, Plan};
+
+/// What one kernel operation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OpKind {
+    /// An ipset member added.
+    SetAdd,
+    /// An address bound to kube-ipvs0.
+    Bind,
+    /// A virtual service created.
+    AddService,
+    /// A virtual service changed in place.
+    UpdateService,
+    /// A virtual service deleted.
+    DeleteService,
+    /// A destination added.
+    AddDestination,
+    /// A destination changed in place.
+    UpdateDestination,
+    /// A destination deleted.
+    DeleteDestination,
+    /// An address removed from kube-ipvs0.
+    Unbind,
+    /// An ipset member deleted.
+    SetDelete,
+    /// Stale conntrack entries flushed.
+    ConntrackFlush,
+    /// The iptables rules brought up to date.
+    Iptables,
+}
+
+impl OpKind {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::SetAdd => "set_add",
+            OpKind::Bind => "bind_address",
+            OpKind::AddService => "add_service",
+            OpKind::UpdateService => "update_service",
+            OpKind::DeleteService => "delete_service",
+            OpKind::AddDestination => "add_destination",
+            OpKind::UpdateDestination => "update_destination",
+            OpKind::DeleteDestination => "delete_destination",
+            OpKind::Unbind => "unbind_address",
+            OpKind::SetDelete => "set_delete",
+            OpKind::ConntrackFlush => "conntrack_flush",
+            OpKind::Iptables => "iptables",
+        }
+    }
+
+    /// The kind of an IPVS operation.
+    pub fn of(op: &IpvsOp) -> OpKind {
+        match op {
+            IpvsOp::AddService { .. } => OpKind::AddService,
+            IpvsOp::UpdateService { .. } => OpKind::UpdateService,
+            IpvsOp::DeleteService { .. } => OpKind::DeleteService,
+            IpvsOp::AddDestination { .. } => OpKind::AddDestination,
+            IpvsOp::UpdateDestination { .. } => OpKind::UpdateDestination,
+            IpvsOp::DeleteDestination { .. } => OpKind::DeleteDestination,
+        }
+    }
+}
+
+/// How a Plan went: counts per operation kind and result, and the failures in words.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Operations by kind and result (`ok` or an error class).
+    pub counts: BTreeMap<(OpKind, &'static str), u64>,
+    /// One line per failed operation: what, on which object, why.
+    pub failures: Vec<String>,
+}
+
+impl Report {
+    /// Records one operation's outcome.
+    pub fn record(&mut self, kind: OpKind, result: &'static str) {
+        *self.counts.entry((kind, result)).or_default() += 1;
+    }
+
+    /// Records `n` successful operations of a kind.
+    pub fn ok(&mut self, kind: OpKind, n: usize) {
+        if n > 0 {
+            *self.counts.entry((kind, "ok")).or_default() += u64::try_from(n).unwrap_or(u64::MAX);
+        }
+    }
+
+    /// Records a failed operation and why.
+    pub fn fail(&mut self, kind: OpKind, class: &'static str, what: String) {
+        self.record(kind, class);
+        self.failures.push(what);
+    }
+
+    /// Whether every operation succeeded.
+    pub fn is_success(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// Operations carried out, successful or not.
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+}
+
+/// Why the kernel could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the kernel state: {0}")]
+pub struct ObserveError(pub String);
+
+/// The kernel as the sync loop sees it.
+pub trait Kernel {
+    /// Reads everything kipvs may own: the IPVS table, the addresses on kube-ipvs0 and
+    /// the members of the KUBE-* sets.
+    ///
+    /// Fails when any of them cannot be read; the loop then plans nothing.
+    fn observe(&mut self) -> Result<Observed, ObserveError>;
+
+    /// Carries out a Plan in its order (set members, addresses, IPVS, unbinds, set
+    /// deletions, conntrack, iptables). A failing operation does not stop the others.
+    fn apply(&mut self, plan: &Plan) -> Report;
+
+    /// The node's own addresses (every link but kube-ipvs0), where NodePorts listen;
+    /// `None` when they cannot be read or the kernel has no such notion (simulations).
+    fn node_addresses(&mut self) -> Option<Vec<std::net::IpAddr>> {
+        None
+    }
+}
+
+/// A kernel simulated with the core's own model of what a Plan does: for unit tests of
+/// the loop, and for `--dry-run` bookkeeping.
+#[derive(Debug, Clone, Default)]
+pub struct SimulatedKernel {
+    /// The simulated state.
+    pub state: Observed,
+    /// Plans applied so far.
+    pub plans: Vec<Plan>,
+    /// Fail every IPVS operation on these service keys (to test retries).
+    pub failing: Vec<kipvs_ipvs::ServiceKey>,
+}
+
+impl Kernel for SimulatedKernel {
+    fn observe(&mut self) -> Result<Observed, ObserveError> {
+        Ok(self.state.clone())
+    }
+
+    fn apply(&mut self, plan: &Plan) -> Report {
+        let mut report = Report::default();
+        let mut applied = plan.clone();
+        applied.ipvs.retain(|op| {
+            let fails = self.failing.contains(op.key());
+            if fails {
+                report.fail(
+                    OpKind::of(op),
+                    "invalid",
+                    format!("simulated failure on {}", op.key()),
+                );
+            } else {
+                report.record(OpKind::of(op), "ok");
+            }
+            !fails
+        });
+        report.ok(OpKind::SetAdd, plan.set_adds.len());
+        report.ok(OpKind::Bind, plan.binds.len());
+        report.ok(OpKind::Unbind, plan.unbinds.len());
+        report.ok(OpKind::SetDelete, plan.set_deletes.len());
+        report.ok(OpKind::ConntrackFlush, plan.conntrack.len());
+        kipvs_proxy::apply(&applied, &mut self.state);
+        self.plans.push(plan.clone());
+        report
+    }
+}

@@ -1,0 +1,350 @@
+//! The node's real kernel behind [`Kernel`]: IPVS over generic netlink, kube-ipvs0 over
+//! rtnetlink, the KUBE-* sets over nfnetlink and the iptables rules through
+//! `iptables-restore`.
+//!
+//! Every operation of a Plan is attempted; each failure is reported with what it was on,
+//! and the loop re-verifies (reads the kernel back and plans again) after any failure.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::Path;
+
+use kipvs_host::ipset::netlink::IpsetSocket;
+use kipvs_host::ipset::{SetHeader, SetOp};
+use kipvs_host::iptables::{Backend, Iptables, LocalDetector, MasqueradeBit, RuleConfig, RuleSpec};
+use kipvs_host::link::VipLink;
+use kipvs_ipvs::{Client, Family, Operation};
+use kipvs_proxy::{IpvsOp, Member, Observed, Plan, SetName};
+use tokio::runtime::Handle;
+
+use super::host_glue as glue;
+use super::kernel::{Kernel, ObserveError, OpKind, Report};
+use crate::config::{Config, LocalDetection};
+
+/// Why the node's kernel could not be prepared at start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// IPVS cannot be reached.
+    #[error(transparent)]
+    Ipvs(#[from] kipvs_ipvs::Error),
+    /// kube-ipvs0, a sysctl, the ipsets or iptables failed.
+    #[error(transparent)]
+    Host(#[from] kipvs_host::Error),
+}
+
+/// The node's kernel.
+pub struct NodeKernel {
+    ipvs: Client,
+    link: VipLink,
+    ipsets: IpsetSocket,
+    iptables: Vec<(Family, Iptables)>,
+    rule_config: RuleConfig,
+    local_detection: LocalDetection,
+    runtime: Handle,
+}
+
+impl std::fmt::Debug for NodeKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeKernel")
+            .field("link", &self.link.name())
+            .finish()
+    }
+}
+
+/// The addresses of every interface but `except` (kube-ipvs0), deduplicated, in a
+/// stable order.
+///
+/// Fails when the interfaces cannot be listed.
+pub fn local_addresses(except: &str) -> Result<Vec<IpAddr>, nix::Error> {
+    let mut addrs: BTreeSet<IpAddr> = BTreeSet::new();
+    for ifaddr in nix::ifaddrs::getifaddrs()? {
+        if ifaddr.interface_name == except {
+            continue;
+        }
+        let Some(address) = ifaddr.address else {
+            continue;
+        };
+        if let Some(v4) = address.as_sockaddr_in() {
+            addrs.insert(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = address.as_sockaddr_in6() {
+            addrs.insert(IpAddr::V6(v6.ip()));
+        }
+    }
+    Ok(addrs.into_iter().collect())
+}
+
+/// The error class of an IPVS error, as metrics label it.
+fn ipvs_class(err: &kipvs_ipvs::Error) -> &'static str {
+    if err.is_exists() {
+        "exists"
+    } else if err.is_not_found() {
+        "not_found"
+    } else {
+        "error"
+    }
+}
+
+fn to_operation(op: &IpvsOp) -> Operation {
+    match op {
+        IpvsOp::AddService { service, .. } => Operation::AddService(service.clone()),
+        IpvsOp::UpdateService { service, .. } => Operation::UpdateService(service.clone()),
+        IpvsOp::DeleteService { key } => Operation::DeleteService(*key),
+        IpvsOp::AddDestination {
+            service,
+            destination,
+            ..
+        } => Operation::AddDestination {
+            service: *service,
+            destination: destination.clone(),
+        },
+        IpvsOp::UpdateDestination {
+            service,
+            destination,
+            ..
+        } => Operation::UpdateDestination {
+            service: *service,
+            destination: destination.clone(),
+        },
+        IpvsOp::DeleteDestination {
+            service,
+            destination,
+            ..
+        } => Operation::DeleteDestination {
+            service: *service,
+            addr: destination.addr,
+            port: destination.port,
+        },
+    }
+}
+
+impl NodeKernel {
+    /// Prepares the node: loads IPVS, applies kube-proxy's sysctls, makes sure
+    /// kube-ipvs0 exists (never recreating it) and every KUBE-* set exists (never
+    /// flushing one). Nothing that carries traffic is removed.
+    ///
+    /// Must run inside a multi-threaded tokio runtime. Fails when IPVS, the link, a
+    /// sysctl or the sets cannot be set up; the error says which.
+    pub async fn setup(config: &Config, link_name: &str) -> Result<NodeKernel, SetupError> {
+        use kipvs_host::sysctl::{kube_proxy_settings, KernelVersion, SysctlConfig, Sysctls};
+        kipvs_host::sysctl::ensure_ipvs_loaded(Path::new("/proc/sys"))?;
+        let settings = kube_proxy_settings(
+            SysctlConfig {
+                strict_arp: config.ipvs.strict_arp,
+            },
+            KernelVersion::running()?,
+        );
+        for (name, outcome) in Sysctls::default().apply(&settings)? {
+            tracing::debug!(sysctl = name, ?outcome, "sysctl");
+        }
+        let ipvs = Client::new()?;
+        let link = VipLink::ensure(link_name).await?;
+        let mut ipsets = IpsetSocket::open()?;
+        let existing = ipsets.list(&|name| SetName::parse(name).is_some())?;
+        let missing: Vec<SetOp> = SetName::all()
+            .filter(|name| !existing.contains_key(&name.to_string()))
+            .map(|name| {
+                let (hashsize, maxelem) = kipvs_host::ipset::sizing(0);
+                SetOp::Create(SetHeader {
+                    name: name.to_string(),
+                    kind: glue::set_type(name.kind.set_type()),
+                    family: glue::family(name.family),
+                    hashsize,
+                    maxelem,
+                })
+            })
+            .collect();
+        ipsets.apply(&missing)?;
+        let backend = Backend::detect();
+        let rule_config = RuleConfig {
+            masquerade_bit: MasqueradeBit::new(config.masquerade_bit)?,
+            masquerade_all: config.masquerade_all,
+            local_detector: LocalDetector::None,
+            random_fully: backend.random_fully(),
+        };
+        Ok(NodeKernel {
+            ipvs,
+            link,
+            ipsets,
+            iptables: [Family::V4, Family::V6]
+                .into_iter()
+                .map(|f| (f, Iptables::new(backend, glue::family(f))))
+                .collect(),
+            rule_config,
+            local_detection: config.local_detection.clone(),
+            runtime: Handle::current(),
+        })
+    }
+
+    /// The node's own addresses, on every link but kube-ipvs0: NodePorts listen there.
+    ///
+    /// Fails when the interfaces cannot be listed.
+    pub fn local_addresses(&self) -> Result<Vec<IpAddr>, nix::Error> {
+        local_addresses(self.link.name())
+    }
+
+    fn detector(&self, family: Family) -> LocalDetector {
+        match &self.local_detection {
+            LocalDetection::ClusterCidrs(cidrs) => cidrs
+                .iter()
+                .find(|c| Family::of(&c.addr()) == family)
+                .map_or(LocalDetector::None, |c| LocalDetector::Cidr(*c)),
+            // The node's pod CIDR is not known here yet: behave as without detection.
+            LocalDetection::NodeCidr => LocalDetector::None,
+            LocalDetection::BridgeInterface(name) => LocalDetector::BridgeInterface(name.clone()),
+            LocalDetection::InterfaceNamePrefix(prefix) => {
+                LocalDetector::InterfaceNamePrefix(prefix.clone())
+            }
+        }
+    }
+
+    fn set_ops(entries: &[(SetName, Member)], add: bool) -> Vec<SetOp> {
+        entries
+            .iter()
+            .map(|(name, member)| {
+                let entry = glue::entry(*member);
+                if add {
+                    SetOp::Add(name.to_string(), entry)
+                } else {
+                    SetOp::Del(name.to_string(), entry)
+                }
+            })
+            .collect()
+    }
+
+    fn apply_sets(&mut self, entries: &[(SetName, Member)], add: bool, report: &mut Report) {
+        if entries.is_empty() {
+            return;
+        }
+        let kind = if add {
+            OpKind::SetAdd
+        } else {
+            OpKind::SetDelete
+        };
+        match self.ipsets.apply(&Self::set_ops(entries, add)) {
+            Ok(()) => report.ok(kind, entries.len()),
+            Err(err) => report.fail(
+                kind,
+                "error",
+                format!("{} set members: {err}", entries.len()),
+            ),
+        }
+    }
+
+    fn apply_link(&mut self, addrs: &[IpAddr], bind: bool, report: &mut Report) {
+        if addrs.is_empty() {
+            return;
+        }
+        let link = &self.link;
+        let runtime = &self.runtime;
+        let result = tokio::task::block_in_place(|| {
+            runtime.block_on(async {
+                if bind {
+                    link.add(addrs).await
+                } else {
+                    link.remove(addrs).await
+                }
+            })
+        });
+        let kind = if bind { OpKind::Bind } else { OpKind::Unbind };
+        match result {
+            Ok(_) => report.ok(kind, addrs.len()),
+            Err(err) => report.fail(
+                kind,
+                "error",
+                format!("{} addresses on {}: {err}", addrs.len(), link.name()),
+            ),
+        }
+    }
+}
+
+impl Kernel for NodeKernel {
+    fn observe(&mut self) -> Result<Observed, ObserveError> {
+        let table = self.ipvs.table().map_err(|e| ObserveError(e.to_string()))?;
+        let link = &self.link;
+        let addresses = tokio::task::block_in_place(|| self.runtime.block_on(link.addresses()))
+            .map_err(|e| ObserveError(e.to_string()))?
+            .into_iter()
+            .map(|net| net.addr())
+            .collect();
+        let sets = self
+            .ipsets
+            .list(&|name| SetName::parse(name).is_some())
+            .map_err(|e| ObserveError(e.to_string()))?;
+        let ipsets: BTreeMap<SetName, BTreeSet<Member>> = sets
+            .into_iter()
+            .filter_map(|(name, set)| {
+                let name = SetName::parse(&name)?;
+                Some((name, set.members.iter().map(glue::member).collect()))
+            })
+            .collect();
+        Ok(Observed {
+            table,
+            addresses,
+            ipsets,
+        })
+    }
+
+    fn node_addresses(&mut self) -> Option<Vec<IpAddr>> {
+        match self.local_addresses() {
+            Ok(addrs) => Some(addrs),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot list the node's addresses; keeping the last known");
+                None
+            }
+        }
+    }
+
+    fn apply(&mut self, plan: &Plan) -> Report {
+        let mut report = Report::default();
+        self.apply_sets(&plan.set_adds, true, &mut report);
+        self.apply_link(&plan.binds, true, &mut report);
+        if !plan.ipvs.is_empty() {
+            let ops: Vec<Operation> = plan.ipvs.iter().map(to_operation).collect();
+            for (op, result) in plan.ipvs.iter().zip(self.ipvs.apply(&ops)) {
+                let kind = OpKind::of(op);
+                match result {
+                    Ok(()) => report.record(kind, "ok"),
+                    Err(err) => report.fail(kind, ipvs_class(&err), err.to_string()),
+                }
+            }
+        }
+        self.apply_link(&plan.unbinds, false, &mut report);
+        self.apply_sets(&plan.set_deletes, false, &mut report);
+        for flush in &plan.conntrack {
+            match super::conntrack::flush(flush) {
+                Ok(()) => report.record(OpKind::ConntrackFlush, "ok"),
+                Err(err) => report.fail(OpKind::ConntrackFlush, "error", err),
+            }
+        }
+        if let Some(inputs) = &plan.iptables {
+            for rules in &inputs.families {
+                let Some((_, iptables)) = self.iptables.iter().find(|(f, _)| *f == rules.family)
+                else {
+                    continue;
+                };
+                let spec = RuleSpec {
+                    family: glue::family(rules.family),
+                    config: RuleConfig {
+                        local_detector: self.detector(rules.family),
+                        ..self.rule_config.clone()
+                    },
+                    nonempty: rules
+                        .nonempty_sets
+                        .iter()
+                        .filter_map(|name| glue::kube_set(*name))
+                        .collect(),
+                    no_node_access: rules
+                        .no_node_access
+                        .iter()
+                        .map(glue::no_node_access)
+                        .collect(),
+                };
+                match iptables.sync(&spec) {
+                    Ok(_) => report.record(OpKind::Iptables, "ok"),
+                    Err(err) => report.fail(OpKind::Iptables, "error", err.to_string()),
+                }
+            }
+        }
+        report
+    }
+}

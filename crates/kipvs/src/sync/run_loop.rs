@@ -1,0 +1,325 @@
+//! The sync loop: cluster events in, Plans out.
+//!
+//! - Events are fed to the core at once; a sync follows no sooner than `min_sync_period`
+//!   after the previous one, so bursts coalesce into one Plan, and that Plan is
+//!   incremental (only the Services that changed).
+//! - A verify (read the kernel back, whole-cluster pass, repair drift) runs at start,
+//!   every `sync_period`, when a draining destination's check is due, and after any
+//!   failed operation (first after `retry`, doubling up to `sync_period`).
+//! - Nothing is planned before the first full listing of Services and EndpointSlices,
+//!   and start-up is a verify: kipvs adopts the kernel's state without flushing it.
+//! - A degraded source (API server gone) changes nothing: the kernel keeps its state.
+//!
+//! Time comes from tokio (pausable in tests) and reaches the core as a [`Moment`].
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kipvs_kube::source::ClusterEvent;
+use kipvs_proxy::{Moment, Plan, Proxier};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::cluster::{Applied, ClusterView};
+use super::kernel::{Kernel, Report};
+use crate::servers::metrics::OperationLabels;
+use crate::servers::Shared;
+
+/// Timing of the loop (from the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Verify period (`ipvs.syncPeriod`).
+    pub sync_period: Duration,
+    /// Coalescing window (`ipvs.minSyncPeriod`).
+    pub min_sync_period: Duration,
+    /// First retry delay after a failed sync; doubles up to `sync_period`.
+    pub retry: Duration,
+}
+
+/// Whether to stop after the first full sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Keep running.
+    Continuous,
+    /// One full sync, then stop (`--once`).
+    Once,
+}
+
+/// How the loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The event source closed.
+    SourceClosed,
+    /// [`Mode::Once`]: the first full sync ran; whether every operation succeeded.
+    Once {
+        /// Every operation succeeded.
+        success: bool,
+    },
+}
+
+/// What a step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Verify,
+    Sync,
+}
+
+/// The loop and everything it keeps between steps.
+pub struct SyncLoop<K: Kernel> {
+    proxier: Proxier,
+    view: ClusterView,
+    kernel: K,
+    shared: Arc<Shared>,
+    timing: Timing,
+    origin: Instant,
+    /// Whether changes arrived that no Plan has covered yet (an incremental sync is due).
+    dirty: bool,
+    /// When the oldest change not yet confirmed in the kernel arrived (for health and
+    /// the programming-latency metric; a failed Plan keeps it set).
+    pending_since: Option<Instant>,
+    /// When the next verify runs.
+    verify_at: Instant,
+    /// When the last Plan was carried out.
+    last_sync: Option<Instant>,
+    /// When a draining destination must be looked at again.
+    check_at: Option<Instant>,
+    retry: Duration,
+    have_services: bool,
+    have_slices: bool,
+}
+
+impl<K: Kernel> std::fmt::Debug for SyncLoop<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncLoop")
+            .field("timing", &self.timing)
+            .field("pending_since", &self.pending_since)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+impl<K: Kernel> SyncLoop<K> {
+    /// A loop for the node named `node_name`, driving `kernel`.
+    pub fn new(
+        proxier: Proxier,
+        node_name: &str,
+        kernel: K,
+        shared: Arc<Shared>,
+        timing: Timing,
+    ) -> Self {
+        let now = Instant::now();
+        SyncLoop {
+            proxier,
+            view: ClusterView::new(node_name),
+            kernel,
+            shared,
+            timing,
+            origin: now,
+            dirty: false,
+            pending_since: None,
+            verify_at: now,
+            last_sync: None,
+            check_at: None,
+            retry: timing.retry,
+            have_services: false,
+            have_slices: false,
+        }
+    }
+
+    /// The kernel, for inspection.
+    pub fn kernel(&self) -> &K {
+        &self.kernel
+    }
+
+    /// The core, for inspection.
+    pub fn proxier(&self) -> &Proxier {
+        &self.proxier
+    }
+
+    fn moment(&self, now: Instant) -> Moment {
+        Moment::from_duration(now.duration_since(self.origin))
+    }
+
+    /// Whether the first full listing of Services and slices has arrived.
+    pub fn is_ready(&self) -> bool {
+        self.have_services && self.have_slices
+    }
+
+    /// When the next step is due.
+    fn next_wake(&self) -> Instant {
+        let mut wake = self.verify_at;
+        if self.dirty {
+            let earliest = self
+                .last_sync
+                .map_or(self.origin, |last| last + self.timing.min_sync_period);
+            wake = wake.min(earliest);
+        }
+        if let Some(check) = self.check_at {
+            wake = wake.min(check);
+        }
+        wake
+    }
+
+    /// Runs until the source closes or, with [`Mode::Once`], after the first full sync.
+    pub async fn run(&mut self, mut events: mpsc::Receiver<ClusterEvent>, mode: Mode) -> Outcome {
+        loop {
+            let ready = self.is_ready();
+            let wake = self.next_wake();
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => self.handle(event),
+                    None => return Outcome::SourceClosed,
+                },
+                () = tokio::time::sleep_until(wake), if ready => {
+                    let (pass, success) = self.step();
+                    if mode == Mode::Once && pass == Pass::Verify {
+                        return Outcome::Once { success };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Feeds one event to the core and books it.
+    pub fn handle(&mut self, event: ClusterEvent) {
+        match &event {
+            ClusterEvent::ServicesReset(_) => self.have_services = true,
+            ClusterEvent::SlicesReset(_) => self.have_slices = true,
+            _ => {}
+        }
+        let applied = self.view.apply(&mut self.proxier, event);
+        self.book(&applied);
+    }
+
+    fn book(&mut self, applied: &Applied) {
+        let metrics = &self.shared.metrics;
+        for refused in &applied.refused {
+            tracing::warn!(reason = %refused, "object skipped");
+        }
+        for (service, warning) in &applied.warnings {
+            tracing::warn!(service = %service, warning = %warning, "bad value in Service; default used");
+        }
+        if let Some(why) = &applied.degraded {
+            tracing::warn!(reason = %why, "cluster source degraded; the kernel keeps its state");
+        }
+        if let Some(node) = &applied.node {
+            self.shared
+                .with_health(|h| h.set_node_eligible(node.eligible));
+            let addresses = self.proxier.node().addresses.clone();
+            self.proxier.set_node(node.to_core(addresses));
+        }
+        metrics.service_changes.inc_by(applied.service_changes);
+        metrics.endpoint_changes.inc_by(applied.slice_changes);
+        if applied.changed() {
+            let now = Instant::now();
+            self.dirty = true;
+            self.pending_since.get_or_insert(now);
+            let wall = SystemTime::now();
+            self.shared.with_health(|h| h.queued(wall));
+            metrics.last_queued_timestamp.set(unix_seconds(wall));
+        }
+    }
+
+    /// Runs the pass that is due: a verify when one is due, else an incremental sync.
+    /// Returns which it was and whether every operation succeeded.
+    fn step(&mut self) -> (Pass, bool) {
+        let now = Instant::now();
+        let verify = now >= self.verify_at || self.check_at.is_some_and(|c| now >= c);
+        let started = std::time::Instant::now();
+        // Both passes cover every change fed so far.
+        self.dirty = false;
+        let (pass, result) = if verify {
+            (Pass::Verify, self.verify(now))
+        } else {
+            let plan = self.proxier.sync(self.moment(now));
+            (Pass::Sync, Ok(self.carry_out(&plan)))
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+        let metrics = &self.shared.metrics;
+        metrics.sync_duration.observe(elapsed);
+        match pass {
+            Pass::Verify => metrics.sync_full_duration.observe(elapsed),
+            Pass::Sync => metrics.sync_partial_duration.observe(elapsed),
+        }
+        metrics
+            .graceful_termination_queue
+            .set(i64::try_from(self.proxier.draining()).unwrap_or(i64::MAX));
+        self.last_sync = Some(now);
+        let success = match result {
+            Ok(report) => report.is_success(),
+            Err(why) => {
+                tracing::warn!(reason = %why, "cannot read the kernel; nothing planned");
+                false
+            }
+        };
+        if success {
+            self.retry = self.timing.retry;
+            if let Some(since) = self.pending_since.take() {
+                metrics
+                    .network_programming_duration
+                    .observe(now.duration_since(since).as_secs_f64());
+            }
+            let wall = SystemTime::now();
+            self.shared.with_health(|h| h.updated(wall));
+            metrics.last_sync_timestamp.set(unix_seconds(wall));
+        } else {
+            metrics.sync_errors.inc();
+            // Read the kernel back and plan again, with backoff.
+            self.verify_at = self.verify_at.min(now + self.retry);
+            self.retry = (self.retry * 2).min(self.timing.sync_period);
+        }
+        (pass, success)
+    }
+
+    fn verify(&mut self, now: Instant) -> Result<Report, String> {
+        self.verify_at = now + self.timing.sync_period;
+        let observed = self.kernel.observe().map_err(|e| e.to_string())?;
+        if let Some(addresses) = self.kernel.node_addresses() {
+            if addresses != self.proxier.node().addresses {
+                let node = self.proxier.node().clone().with_addresses(addresses);
+                self.proxier.set_node(node);
+            }
+        }
+        let plan = self.proxier.verify(&observed, self.moment(now));
+        Ok(self.carry_out(&plan))
+    }
+
+    fn carry_out(&mut self, plan: &Plan) -> Report {
+        self.check_at = plan.next_check.map(|m| self.origin + m.as_duration());
+        let report = if plan.is_empty() && plan.iptables.is_none() {
+            Report::default()
+        } else {
+            self.kernel.apply(plan)
+        };
+        let metrics = &self.shared.metrics;
+        metrics.plan_operations.observe(report.total() as f64);
+        for ((kind, result), n) in &report.counts {
+            metrics
+                .kernel_operations
+                .get_or_create(&OperationLabels {
+                    kind: kind.as_str().to_owned(),
+                    result: (*result).to_owned(),
+                })
+                .inc_by(*n);
+        }
+        for failure in &report.failures {
+            tracing::warn!(failure = %failure, "kernel operation failed; will verify and retry");
+        }
+        if report.total() > 0 {
+            tracing::info!(
+                operations = report.total(),
+                failed = report.failures.len(),
+                "plan carried out"
+            );
+        }
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,293 @@
+use super::*;
+use crate::servers::health::ProxyHealth;
+use crate::sync::kernel::SimulatedKernel;
+use kipvs_ipvs::{Protocol, ServiceKey};
+use kipvs_kube::state_file;
+use kipvs_proxy::{Config, Node};
+
+const TIMING: Timing = Timing {
+    sync_period: Duration::from_secs(30),
+    min_sync_period: Duration::from_secs(1),
+    retry: Duration::from_secs(2),
+};
+
+fn example() -> state_file::ClusterState {
+    state_file::parse(
+        include_str!("../../../../../examples/cluster.yaml"),
+        "cluster.yaml",
+    )
+    .unwrap()
+}
+
+fn new_loop(kernel: SimulatedKernel) -> SyncLoop<SimulatedKernel> {
+    let node = Node::new("node-a").with_addresses(["192.168.1.10".parse().unwrap()]);
+    SyncLoop::new(
+        Proxier::new(Config::default(), node),
+        "node-a",
+        kernel,
+        Shared::new(ProxyHealth::new(TIMING.sync_period * 2)),
+        TIMING,
+    )
+}
+
+fn feed_example(l: &mut SyncLoop<SimulatedKernel>) {
+    for event in kipvs_kube::source::replay(example()) {
+        l.handle(event);
+    }
+}
+
+fn key(addr: &str, port: u16) -> ServiceKey {
+    ServiceKey::Addr {
+        protocol: Protocol::Tcp,
+        addr: addr.parse().unwrap(),
+        port,
+    }
+}
+
+fn has_service(l: &SyncLoop<SimulatedKernel>, k: &ServiceKey) -> bool {
+    l.kernel()
+        .state
+        .table
+        .services
+        .iter()
+        .any(|s| s.service.key == *k)
+}
+
+/// Runs the loop until `until` (tokio time is paused: this returns at once).
+async fn run_for(
+    l: &mut SyncLoop<SimulatedKernel>,
+    rx: &mut mpsc::Receiver<ClusterEvent>,
+    d: Duration,
+) {
+    let deadline = Instant::now() + d;
+    loop {
+        let wake = l.next_wake().max(Instant::now());
+        if wake > deadline || !l.is_ready() {
+            tokio::select! {
+                Some(event) = rx.recv() => l.handle(event),
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+            continue;
+        }
+        tokio::select! {
+            Some(event) = rx.recv() => l.handle(event),
+            () = tokio::time::sleep_until(wake) => { l.step(); }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_planned_before_the_first_full_listing() {
+    let mut l = new_loop(SimulatedKernel::default());
+    let (tx, mut rx) = mpsc::channel(8);
+    let services = example().services;
+    tx.send(ClusterEvent::ServicesReset(services))
+        .await
+        .unwrap();
+    run_for(&mut l, &mut rx, Duration::from_secs(60)).await;
+    assert!(
+        l.kernel().plans.is_empty(),
+        "planned before the slices were listed"
+    );
+    tx.send(ClusterEvent::SlicesReset(example().endpoint_slices))
+        .await
+        .unwrap();
+    run_for(&mut l, &mut rx, Duration::from_secs(1)).await;
+    assert_eq!(l.kernel().plans.len(), 1);
+    assert!(has_service(&l, &key("10.96.0.1", 443)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn once_mode_returns_after_the_first_full_sync() {
+    let mut l = new_loop(SimulatedKernel::default());
+    let (tx, rx) = mpsc::channel(8);
+    for event in kipvs_kube::source::replay(example()) {
+        tx.send(event).await.unwrap();
+    }
+    assert_eq!(l.run(rx, Mode::Once).await, Outcome::Once { success: true });
+    assert_eq!(l.kernel().state.table.services.len(), 5);
+    assert!(l
+        .kernel()
+        .state
+        .addresses
+        .contains(&"10.96.0.1".parse().unwrap()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn once_mode_reports_failure_when_an_operation_fails() {
+    let kernel = SimulatedKernel {
+        failing: vec![key("10.96.0.1", 443)],
+        ..SimulatedKernel::default()
+    };
+    let mut l = new_loop(kernel);
+    let (tx, rx) = mpsc::channel(8);
+    for event in kipvs_kube::source::replay(example()) {
+        tx.send(event).await.unwrap();
+    }
+    assert_eq!(
+        l.run(rx, Mode::Once).await,
+        Outcome::Once { success: false }
+    );
+    assert!(l
+        .shared
+        .metrics
+        .render()
+        .contains("kipvs_sync_errors_total 1"));
+}
+
+fn with_scheduler(
+    mut svc: k8s_openapi::api::core::v1::Service,
+    scheduler: &str,
+) -> Box<k8s_openapi::api::core::v1::Service> {
+    svc.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("ipvs.kipvs.io/scheduler".into(), scheduler.into());
+    Box::new(svc)
+}
+
+#[tokio::test(start_paused = true)]
+async fn changes_within_min_sync_period_after_a_sync_coalesce_into_one_incremental_plan() {
+    let mut l = new_loop(SimulatedKernel::default());
+    let (tx, mut rx) = mpsc::channel(8);
+    feed_example(&mut l);
+    run_for(&mut l, &mut rx, Duration::from_secs(5)).await;
+    let web = example().services.remove(1); // shop/web
+
+    // After a quiet spell a change is synced at once...
+    let before = l.kernel().plans.len();
+    tx.send(ClusterEvent::ServiceApplied(with_scheduler(
+        web.clone(),
+        "lc",
+    )))
+    .await
+    .unwrap();
+    run_for(&mut l, &mut rx, Duration::from_millis(100)).await;
+    assert_eq!(l.kernel().plans.len(), before + 1);
+
+    // ...and the next ones, within minSyncPeriod of that sync, wait and go together.
+    tx.send(ClusterEvent::ServiceApplied(with_scheduler(
+        web.clone(),
+        "sh",
+    )))
+    .await
+    .unwrap();
+    tx.send(ClusterEvent::ServiceApplied(with_scheduler(web, "wrr")))
+        .await
+        .unwrap();
+    run_for(&mut l, &mut rx, Duration::from_millis(500)).await;
+    assert_eq!(
+        l.kernel().plans.len(),
+        before + 1,
+        "synced before minSyncPeriod passed"
+    );
+    run_for(&mut l, &mut rx, Duration::from_secs(1)).await;
+    let plans = &l.kernel().plans[before + 1..];
+    assert_eq!(plans.len(), 1, "two changes, one plan");
+    // web's ClusterIP and NodePort services change scheduler in place; nothing else moves.
+    assert_eq!(plans[0].ipvs.len(), 2, "{:?}", plans[0].ipvs);
+    let web = l
+        .kernel()
+        .state
+        .table
+        .services
+        .iter()
+        .find(|s| s.service.key == key("10.96.10.20", 80))
+        .unwrap();
+    assert_eq!(web.service.scheduler.name(), "wrr");
+}
+
+#[tokio::test(start_paused = true)]
+async fn drift_is_repaired_at_the_next_verify() {
+    let mut l = new_loop(SimulatedKernel::default());
+    let (_tx, mut rx) = mpsc::channel(8);
+    feed_example(&mut l);
+    run_for(&mut l, &mut rx, Duration::from_secs(2)).await;
+    let gone = key("10.96.0.1", 443);
+    l.kernel
+        .state
+        .table
+        .services
+        .retain(|s| s.service.key != gone);
+    l.kernel
+        .state
+        .addresses
+        .remove(&"10.96.0.1".parse().unwrap());
+    run_for(&mut l, &mut rx, Duration::from_secs(20)).await;
+    assert!(
+        !has_service(&l, &gone),
+        "repaired before the verify was due"
+    );
+    run_for(&mut l, &mut rx, Duration::from_secs(15)).await;
+    assert!(has_service(&l, &gone), "not repaired by the verify");
+    assert!(l
+        .kernel()
+        .state
+        .addresses
+        .contains(&"10.96.0.1".parse().unwrap()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_operation_is_retried_with_backoff_until_it_succeeds() {
+    let kernel = SimulatedKernel {
+        failing: vec![key("10.96.0.1", 443)],
+        ..SimulatedKernel::default()
+    };
+    let mut l = new_loop(kernel);
+    let (_tx, mut rx) = mpsc::channel(8);
+    feed_example(&mut l);
+    run_for(&mut l, &mut rx, Duration::from_secs(1)).await;
+    assert_eq!(l.kernel().plans.len(), 1);
+    // Retries at +2 s, +4 s, +8 s: three more attempts by 15 s.
+    run_for(&mut l, &mut rx, Duration::from_secs(15)).await;
+    assert_eq!(l.kernel().plans.len(), 4, "retries at 2, 4 and 8 s");
+    assert!(!has_service(&l, &key("10.96.0.1", 443)));
+    assert!(has_service(&l, &key("10.96.0.10", 53)) || l.kernel().state.table.services.len() == 4);
+    l.kernel.failing.clear();
+    run_for(&mut l, &mut rx, Duration::from_secs(16)).await;
+    assert!(
+        has_service(&l, &key("10.96.0.1", 443)),
+        "the retry did not repair it"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_degraded_source_leaves_the_kernel_alone() {
+    let mut l = new_loop(SimulatedKernel::default());
+    let (tx, mut rx) = mpsc::channel(8);
+    feed_example(&mut l);
+    run_for(&mut l, &mut rx, Duration::from_secs(2)).await;
+    let before = l.kernel().state.clone();
+    tx.send(ClusterEvent::Degraded("API server unreachable".into()))
+        .await
+        .unwrap();
+    run_for(&mut l, &mut rx, Duration::from_secs(120)).await;
+    assert_eq!(l.kernel().state.table, before.table);
+    assert_eq!(l.kernel().state.addresses, before.addresses);
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_turns_unhealthy_when_changes_wait_and_back_when_applied() {
+    let kernel = SimulatedKernel {
+        failing: vec![key("10.96.0.1", 443)],
+        ..SimulatedKernel::default()
+    };
+    let mut l = new_loop(kernel);
+    let (_tx, mut rx) = mpsc::channel(8);
+    feed_example(&mut l);
+    // tokio's clock is paused but health uses the wall clock: look at the pending mark.
+    run_for(&mut l, &mut rx, Duration::from_secs(1)).await;
+    assert!(
+        l.pending_since.is_some(),
+        "a failed sync leaves the changes pending"
+    );
+    l.kernel.failing.clear();
+    run_for(&mut l, &mut rx, Duration::from_secs(3)).await;
+    assert!(l.pending_since.is_none());
+    assert!(l.shared.with_health(|h| h.last_updated().is_some()));
+    let metrics = l.shared.metrics.render();
+    assert!(
+        metrics.contains("kubeproxy_network_programming_duration_seconds_count 1"),
+        "{metrics}"
+    );
+}
