@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kipvs_kube::events::{EventRecorder, ServiceRef};
 use kipvs_kube::source::{self, ClusterEvent};
+use kipvs_kube::watch::{watch_cluster, WatchConfig};
 use kipvs_proxy::Proxier;
 use tokio::sync::mpsc;
 
@@ -18,7 +20,7 @@ use crate::config::{Config, LogFormat};
 use crate::servers::{self, health::ProxyHealth, Shared};
 use crate::sync::kernel::{Kernel, SimulatedKernel};
 use crate::sync::node::{local_addresses, NodeKernel};
-use crate::sync::run_loop::{Mode, Outcome, SyncLoop, Timing};
+use crate::sync::run_loop::{Mode, Outcome, SyncLoop, Timing, WarningSink};
 
 /// The dummy link VIPs are bound to.
 pub const LINK_NAME: &str = "kube-ipvs0";
@@ -123,11 +125,26 @@ async fn run(args: &RunArgs, config: Config) -> ExitCode {
     }
 
     let (tx, rx) = mpsc::channel::<ClusterEvent>(1024);
-    let Some(state) = args.state.clone() else {
-        eprintln!("kipvs: watching an API server is not available yet; use --state FILE");
-        return ExitCode::from(2);
-    };
-    tokio::spawn(source::watch_state_file(state, STATE_FILE_POLL, tx));
+    let mut recorder = None;
+    match args.state.clone() {
+        Some(state) => {
+            tokio::spawn(source::watch_state_file(state, STATE_FILE_POLL, tx));
+        }
+        None => {
+            let client = match kipvs_kube::client::client(config.kubeconfig.as_deref()).await {
+                Ok(client) => client,
+                Err(err) => {
+                    eprintln!("kipvs: cannot reach the API server: {err}");
+                    return ExitCode::from(1);
+                }
+            };
+            recorder = Some(EventRecorder::new(client.clone(), &node_name));
+            let node = node_name.clone();
+            tokio::spawn(async move {
+                watch_cluster(client, &node, tx, WatchConfig::default()).await;
+            });
+        }
+    }
 
     let timing = Timing {
         sync_period: config.ipvs.sync_period,
@@ -144,19 +161,16 @@ async fn run(args: &RunArgs, config: Config) -> ExitCode {
     let proxier = Proxier::new(config.core(&addresses), node);
     tracing::info!(node = %node_name, dry_run = args.dry_run, "kipvs starting");
 
+    let sink = recorder.map(|recorder| -> WarningSink {
+        Box::new(move |service, warning| {
+            let service = ServiceRef::new(&service.namespace, &service.name);
+            recorder.warn_in_background(&service, warning.reason.as_str(), &warning.message);
+        })
+    });
     let outcome = if args.dry_run {
-        drive(
-            SyncLoop::new(
-                proxier,
-                &node_name,
-                DryRun(SimulatedKernel::default()),
-                shared,
-                timing,
-            ),
-            rx,
-            mode,
-        )
-        .await
+        let kernel = DryRun(SimulatedKernel::default());
+        let sync = SyncLoop::new(proxier, &node_name, kernel, shared, timing);
+        drive(with_sink(sync, sink), rx, mode).await
     } else {
         let kernel = match NodeKernel::setup(&config, LINK_NAME).await {
             Ok(kernel) => kernel,
@@ -165,12 +179,8 @@ async fn run(args: &RunArgs, config: Config) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        drive(
-            SyncLoop::new(proxier, &node_name, kernel, shared, timing),
-            rx,
-            mode,
-        )
-        .await
+        let sync = SyncLoop::new(proxier, &node_name, kernel, shared, timing);
+        drive(with_sink(sync, sink), rx, mode).await
     };
     match outcome {
         Some(Outcome::Once { success: true }) => ExitCode::SUCCESS,
@@ -183,6 +193,13 @@ async fn run(args: &RunArgs, config: Config) -> ExitCode {
             tracing::info!("stopping; the kernel rules stay in place");
             ExitCode::SUCCESS
         }
+    }
+}
+
+fn with_sink<K: Kernel>(sync: SyncLoop<K>, sink: Option<WarningSink>) -> SyncLoop<K> {
+    match sink {
+        Some(sink) => sync.with_warning_sink(sink),
+        None => sync,
     }
 }
 

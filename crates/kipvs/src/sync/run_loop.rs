@@ -86,7 +86,13 @@ pub struct SyncLoop<K: Kernel> {
     retry: Duration,
     have_services: bool,
     have_slices: bool,
+    /// Where warnings about Services go besides the log (Kubernetes Events).
+    warning_sink: Option<WarningSink>,
 }
+
+/// Receives each warning about a Service (bad annotation, bad value): the daemon turns
+/// them into Kubernetes Events on the Service.
+pub type WarningSink = Box<dyn Fn(&kipvs_proxy::ServiceName, &kipvs_proxy::Warning) + Send + Sync>;
 
 impl<K: Kernel> std::fmt::Debug for SyncLoop<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,7 +134,14 @@ impl<K: Kernel> SyncLoop<K> {
             retry: timing.retry,
             have_services: false,
             have_slices: false,
+            warning_sink: None,
         }
+    }
+
+    /// The same loop, also handing every warning about a Service to `sink`.
+    pub fn with_warning_sink(mut self, sink: WarningSink) -> Self {
+        self.warning_sink = Some(sink);
+        self
     }
 
     /// The kernel, for inspection.
@@ -203,6 +216,9 @@ impl<K: Kernel> SyncLoop<K> {
         }
         for (service, warning) in &applied.warnings {
             tracing::warn!(service = %service, warning = %warning, "bad value in Service; default used");
+            if let Some(sink) = &self.warning_sink {
+                sink(service, warning);
+            }
         }
         if let Some(why) = &applied.degraded {
             tracing::warn!(reason = %why, "cluster source degraded; the kernel keeps its state");
