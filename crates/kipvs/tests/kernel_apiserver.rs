@@ -31,7 +31,10 @@ fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
 fn terminate(mut child: Child) {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    assert!(child.wait().unwrap().success(), "kipvs did not stop cleanly");
+    assert!(
+        child.wait().unwrap().success(),
+        "kipvs did not stop cleanly"
+    );
 }
 
 #[test]
@@ -71,7 +74,15 @@ fn run_follows_the_api_server_and_survives_its_outage() {
     )
     .unwrap();
     let child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), KIPVS, "run", "--hostname-override", "node-a"])
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            KIPVS,
+            "run",
+            "--hostname-override",
+            "node-a",
+        ])
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .arg("--config")
@@ -82,41 +93,72 @@ fn run_follows_the_api_server_and_survives_its_outage() {
         .unwrap();
     let ipvs = || ns.run_ok("ipvsadm", &["-Sn"]);
 
-    wait_for("the cluster to be programmed", Duration::from_secs(90), || {
-        let t = ipvs();
-        t.contains("-A -t 10.96.0.1:443 -s rr") && t.contains("-A -u 10.96.0.10:53 -s rr -p 10800")
-    });
+    wait_for(
+        "the cluster to be programmed",
+        Duration::from_secs(90),
+        || {
+            let t = ipvs();
+            t.contains("-A -t 10.96.0.1:443 -s rr")
+                && t.contains("-A -u 10.96.0.10:53 -s rr -p 10800")
+        },
+    );
 
     // A deletion arrives live.
     assert!(server.delete::<Service>("kube-system", "kube-dns"));
-    wait_for("kube-dns to go", Duration::from_secs(60), || !ipvs().contains("10.96.0.10:53"));
+    wait_for("kube-dns to go", Duration::from_secs(60), || {
+        !ipvs().contains("10.96.0.10:53")
+    });
 
     // The API server goes away: the kernel keeps every rule through several verifies.
     let before = ipvs();
     rt.block_on(server.stop());
     std::thread::sleep(Duration::from_secs(8));
-    assert_eq!(ipvs(), before, "the kernel changed while the API server was away");
+    assert_eq!(
+        ipvs(),
+        before,
+        "the kernel changed while the API server was away"
+    );
 
     // It comes back with a change made meanwhile: kipvs relists and applies it.
-    let dns = state.services.iter().find(|s| s.metadata.name.as_deref() == Some("kube-dns")).unwrap();
+    let dns = state
+        .services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("kube-dns"))
+        .unwrap();
     server.apply(dns);
     rt.block_on(server.restart()).unwrap();
-    wait_for("kube-dns to return", Duration::from_secs(120), || ipvs().contains("-A -u 10.96.0.10:53"));
+    wait_for("kube-dns to return", Duration::from_secs(120), || {
+        ipvs().contains("-A -u 10.96.0.10:53")
+    });
 
     // A bad scheduler annotation: the default scheduler is used and an Event recorded.
-    let mut web = state.services.iter().find(|s| s.metadata.name.as_deref() == Some("web")).unwrap().clone();
+    let mut web = state
+        .services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("web"))
+        .unwrap()
+        .clone();
     web.metadata
         .annotations
         .get_or_insert_with(Default::default)
         .insert("ipvs.kipvs.io/scheduler".into(), "fastest".into());
     server.apply(&web);
-    wait_for("web to fall back to rr", Duration::from_secs(60), || ipvs().contains("-A -t 10.96.10.20:80 -s rr"));
-    wait_for("a warning Event on shop/web", Duration::from_secs(60), || {
-        server.events().iter().any(|e| {
-            e.reason.as_deref() == Some("InvalidAnnotation")
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web")
-        })
+    wait_for("web to fall back to rr", Duration::from_secs(60), || {
+        ipvs().contains("-A -t 10.96.10.20:80 -s rr")
     });
-    assert!(ipvs().contains("-A -t 10.96.0.1:443 -s rr"), "other Services kept working");
+    wait_for(
+        "a warning Event on shop/web",
+        Duration::from_secs(60),
+        || {
+            server.events().iter().any(|e| {
+                e.reason.as_deref() == Some("InvalidAnnotation")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web")
+            })
+        },
+    );
+    assert!(
+        ipvs().contains("-A -t 10.96.0.1:443 -s rr"),
+        "other Services kept working"
+    );
     terminate(child);
 }
