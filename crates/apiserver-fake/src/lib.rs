@@ -302,6 +302,14 @@ impl ApiServer {
             .store(http_status, Ordering::SeqCst);
     }
 
+    /// Answers every new request with this HTTP status (403 as when RBAC is missing,
+    /// 500, 503, ...) until called with `None`. Open watches go on.
+    pub fn fail_requests(&self, status: Option<u16>) {
+        self.shared
+            .failure
+            .store(status.unwrap_or(0), Ordering::SeqCst);
+    }
+
     /// Sends a BOOKMARK with the latest resourceVersion to every open watch that
     /// allowed bookmarks.
     pub fn bookmark(&self) {

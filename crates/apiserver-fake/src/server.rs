@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub store: Mutex<Store>,
     pub signals: watch::Sender<Signals>,
     pub gone_as_http_status: AtomicBool,
+    /// When not 0, every request is answered with this HTTP status.
+    pub failure: AtomicU16,
     pub open_watches: AtomicUsize,
     pub requests: Mutex<Vec<String>>,
 }
@@ -45,6 +47,7 @@ impl Shared {
             store: Mutex::new(Store::default()),
             signals: watch::Sender::new(Signals::default()),
             gone_as_http_status: AtomicBool::new(false),
+            failure: AtomicU16::new(0),
             open_watches: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
         }
@@ -147,6 +150,18 @@ pub(crate) async fn handle(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(format!("{method} {uri}"));
+    let failure = run.shared.failure.load(Ordering::SeqCst);
+    if let Ok(code) = StatusCode::from_u16(failure) {
+        let reason = match code {
+            StatusCode::UNAUTHORIZED => "Unauthorized",
+            StatusCode::FORBIDDEN => "Forbidden",
+            StatusCode::TOO_MANY_REQUESTS => "TooManyRequests",
+            StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
+            _ => "InternalError",
+        };
+        let message = format!("{} is refused by the test API server ({code})", uri.path());
+        return status_response(code, reason, message);
+    }
     let Some(path) = ApiPath::parse(uri.path()) else {
         return status_response(
             StatusCode::NOT_FOUND,

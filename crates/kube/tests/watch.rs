@@ -318,6 +318,24 @@ async fn an_outage_is_one_degraded_and_the_recovery_a_listing() {
 }
 
 #[tokio::test]
+async fn a_forbidden_listing_is_degraded_with_the_reason_until_it_is_allowed() {
+    let server = ApiServer::start().await.unwrap();
+    seed(&server);
+    server.fail_requests(Some(403));
+    let mut source = start(&server, fast());
+    match source.next().await {
+        ClusterEvent::Degraded(reason) => assert!(reason.contains("403"), "{reason}"),
+        other => panic!("expected Degraded, got {other:?}"),
+    }
+    let during = source.drain(Duration::from_millis(300)).await;
+    assert!(during.is_empty(), "{during:?}");
+    server.fail_requests(None);
+    let events = source.listing().await;
+    assert_eq!(service_names(&events), ["a", "b", "c"]);
+    source.task.abort();
+}
+
+#[tokio::test]
 async fn the_source_ends_when_the_receiver_is_dropped() {
     let server = ApiServer::start().await.unwrap();
     seed(&server);
