@@ -77,7 +77,7 @@ struct Source {
 fn start(server: &ApiServer, config: WatchConfig) -> Source {
     let (tx, rx) = mpsc::channel(64);
     let client = server.client();
-    let task = tokio::spawn(async move { watch_cluster(client, NODE, tx, config).await });
+    let task = tokio::spawn(watch_cluster(client, NODE, tx, config));
     Source { rx, task }
 }
 

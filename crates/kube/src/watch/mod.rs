@@ -13,7 +13,26 @@
 //!   backoff and lists again. The kernel keeps what it has meanwhile: nothing is
 //!   sent until a complete listing arrives, as a `*Reset`, which ends the outage.
 //!
-//! Every watcher ends when the receiver of the events is dropped.
+//! The three watchers are independent: their events interleave in any order (the
+//! first `NodeApplied` may come before or after the first `ServicesReset`). Every
+//! watcher ends when the receiver of the events is dropped.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use kipvs_kube::client::client;
+//! use kipvs_kube::events::EventRecorder;
+//! use kipvs_kube::watch::{watch_cluster, WatchConfig};
+//!
+//! let client = client(None).await?; // or Some(Path::new("/var/lib/kube-proxy/kubeconfig.conf"))
+//! let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+//! tokio::spawn(watch_cluster(client.clone(), "node-1", tx, WatchConfig::default()));
+//! let recorder = EventRecorder::new(client, "node-1");
+//! while let Some(event) = rx.recv().await {
+//!     // feed the sync loop; recorder.warn_in_background(...) for bad Services
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 mod backoff;
 mod outage;
@@ -90,10 +109,11 @@ impl WatchConfig {
 /// Returns when `tx`'s receiver is dropped.
 pub async fn watch_cluster(
     client: Client,
-    node_name: &str,
+    node_name: impl Into<String>,
     tx: mpsc::Sender<ClusterEvent>,
     config: WatchConfig,
 ) {
+    let node_name: String = node_name.into();
     let outage = Outage::default();
     let proxied = proxied_selector();
     let base = config.watcher_config();
