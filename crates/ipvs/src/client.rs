@@ -34,12 +34,8 @@ const RECV_BUF: usize = 64 << 10;
 const ANSWER_BUDGET: usize = 2 << 10;
 /// Send-buffer budget per mutation: the largest request is under 256 bytes.
 const REQUEST_BUDGET: usize = 256;
-/// Receive-buffer budget per pipelined dump: its first skb may be 32 KiB.
-const DUMP_BUDGET: usize = 40 << 10;
 /// Upper bound on messages per `sendmsg`, to keep the kernel's IPVS lock hold short.
 const MAX_CHUNK: usize = 1024;
-/// Upper bound on dumps per `sendmsg`.
-const MAX_DUMP_CHUNK: usize = 256;
 /// Attempts of a dump interrupted by concurrent changes before giving up.
 const DUMP_ATTEMPTS: u32 = 5;
 
@@ -57,7 +53,6 @@ pub struct Client {
     rx: Vec<u8>,
     tx: Writer,
     max_chunk: usize,
-    max_dump_chunk: usize,
 }
 
 /// How one request of a round trip ended.
@@ -142,7 +137,6 @@ impl Client {
         let max_chunk = (sock.rcvbuf() / ANSWER_BUDGET)
             .min(sock.sndbuf() / 2 / REQUEST_BUDGET)
             .clamp(1, MAX_CHUNK);
-        let max_dump_chunk = (sock.rcvbuf() / DUMP_BUDGET).clamp(1, MAX_DUMP_CHUNK);
         let mut client = Client {
             sock,
             family: GenlId::Ctrl.into(),
@@ -151,7 +145,6 @@ impl Client {
             rx: vec![0; RECV_BUF],
             tx: Writer::new(),
             max_chunk,
-            max_dump_chunk,
         };
         client.family = client.resolve_family(family_name)?;
         Ok(client)
@@ -478,45 +471,14 @@ impl Client {
 
     /// Reads the whole table: every virtual service with its destinations.
     ///
-    /// The destination dumps of many services share each `sendmsg`; a dump that does not
-    /// fit the kernel's first answer is redone on its own.
+    /// One dump of the services, then one dump of destinations per service. Dumps cannot
+    /// share a `sendmsg`: a dump that produced anything stays open until the next read,
+    /// and the kernel answers any other dump request on the socket meanwhile with
+    /// `EBUSY` (seen in the test VM on 6.1).
     pub fn table(&mut self) -> Result<Table> {
         let mut services = self.services()?;
-        let keys: Vec<ServiceKey> = services.iter().map(|s| s.service.key).collect();
-        let mut retry = Vec::new();
-        let family = self.family;
-        let mut start = 0;
-        while start < keys.len() {
-            let end = (start + self.max_dump_chunk).min(keys.len());
-            let batch = &keys[start..end];
-            let answers = self.round_trip(batch.len(), &mut |w, seq, i| {
-                encode_query(w, family, seq, &Query::Destinations(&batch[i]));
-            });
-            for (i, answer) in answers.into_iter().enumerate() {
-                let idx = start + i;
-                let key = &keys[idx];
-                let context = Context::service(Action::ListDestinations, *key);
-                match answer {
-                    Answer::Ok {
-                        payloads,
-                        interrupted: false,
-                    } => {
-                        services[idx].destinations = decode_destinations(&payloads, key, &context)?
-                    }
-                    // Busy: another dump of this batch was still running. Interrupted:
-                    // the list changed under the dump. Either way: ask again, alone.
-                    Answer::Ok { .. } | Answer::Errno(nix::libc::EBUSY) => retry.push(idx),
-                    Answer::Errno(errno) => {
-                        return Err(Error::from_errno(context, errno, None, None))
-                    }
-                    Answer::Failed(f) => return Err(f.into_error(context, self.timeout)),
-                }
-            }
-            start = end;
-        }
-        for idx in retry {
-            let key = keys[idx];
-            services[idx].destinations = self.destinations(&key)?;
+        for entry in &mut services {
+            entry.destinations = self.destinations(&entry.service.key)?;
         }
         Ok(Table { services })
     }

@@ -809,8 +809,7 @@ fn zero_and_flush_act_on_the_table() {
 #[ignore = "kernel: run by tests/run"]
 fn the_whole_table_reads_back_with_services_of_many_destinations() {
     let (ns, _g, mut client) = setup();
-    // One service whose destination dump spans several kernel answers, among small ones:
-    // exercises the pipelined destination dumps and their fallback.
+    // Services whose destination dumps span several kernel answers, among small ones.
     let mut ops = Vec::new();
     let mut table = Vec::new();
     for s in 0..40u16 {
