@@ -3,10 +3,15 @@
 //! trip, as moby/ipvs does for kube-proxy) and through `ipvsadm -R`, in the same kernel.
 //!
 //! ```text
-//! ipvs_bench NETNS SERVICES DESTS
+//! ipvs_bench SERVICES DESTS [ROUNDS]
 //! ```
-//! NETNS is a namespace name (`ip netns`) with `lo` up and routes for the destinations;
-//! its IPVS table must be empty. Prints one line per measurement, then the suite line.
+//! Run as root. Every measurement gets a fresh network namespace: the kernel keeps
+//! deleted destinations in a per-namespace trash that every later destination add
+//! searches, so a mode run after another's deletions would pay for them. The batched and
+//! unbatched modes run ROUNDS times (default 3), interleaved, and the fastest round of
+//! each counts (the machine may be shared; the minimum is the least disturbed);
+//! `ipvsadm -R` runs once, it is by far the slowest. Prints one line per measurement,
+//! then the suite line.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -143,9 +148,68 @@ fn rate(ops: usize, d: Duration) -> f64 {
     ops / d.as_secs_f64()
 }
 
-fn line(what: &str, ops: usize, d: Duration) {
+/// A network namespace made for one measurement, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn create(n: usize) -> Result<Netns, BoxError> {
+        let name = format!("kipvs-bench-{}-{n}", std::process::id());
+        let status = Command::new("ip").args(["netns", "add", &name]).status()?;
+        if !status.success() {
+            return Err(format!("ip netns add {name} failed").into());
+        }
+        let ns = Netns(name);
+        let setup = "ip link set lo up
+            ip link add kb-dst type dummy
+            ip link set kb-dst up
+            ip addr add 198.18.255.254/32 dev kb-dst
+            ip route add default dev kb-dst";
+        let status = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "sh", "-euc", setup])
+            .status()?;
+        if !status.success() {
+            return Err(format!("setting up {} failed", ns.0).into());
+        }
+        Ok(ns)
+    }
+
+    fn client(&self) -> Result<Client, BoxError> {
+        Ok(Client::in_netns(format!("/run/netns/{}", self.0))?)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Times of one round of a mode.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    program: Duration,
+    delete: Duration,
+}
+
+/// The fastest of the rounds, field by field, and every round for the record.
+fn fastest(rounds: &[Round]) -> Round {
+    Round {
+        program: rounds.iter().map(|r| r.program).min().unwrap_or_default(),
+        delete: rounds.iter().map(|r| r.delete).min().unwrap_or_default(),
+    }
+}
+
+fn samples(rounds: &[Round]) -> String {
+    rounds
+        .iter()
+        .map(|r| format!("{:.3}", r.program.as_secs_f64()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn line(what: &str, ops: usize, d: Duration, note: &str) {
     println!(
-        "{what:<28} {:>9.3} s  {:>10.0} ops/s",
+        "{what:<24} {:>9.3} s  {:>9.0} ops/s  {note}",
         d.as_secs_f64(),
         rate(ops, d)
     );
@@ -153,80 +217,125 @@ fn line(what: &str, ops: usize, d: Duration) {
 
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, netns, n, m] = &args[..] else {
-        return Err("usage: ipvs_bench NETNS SERVICES DESTS".into());
+    let (n, m, rounds): (usize, usize, usize) = match &args[1..] {
+        [n, m] => (n.parse()?, m.parse()?, 3),
+        [n, m, r] => (n.parse()?, m.parse()?, r.parse()?),
+        _ => return Err("usage: ipvs_bench SERVICES DESTS [ROUNDS]".into()),
     };
-    let (n, m): (usize, usize) = (n.parse()?, m.parse()?);
-    let mut client = Client::in_netns(format!("/run/netns/{netns}"))?;
-    if !client.services()?.is_empty() {
-        return Err(format!("the IPVS table of {netns} is not empty").into());
-    }
     let program = program_ops(n, m)?;
     let delete = delete_ops(n)?;
     let (nprog, ndel) = (program.len(), delete.len());
-    println!(
-        "ipvs bench: {n} services x {m} destinations: {nprog} operations to program, \
-         {ndel} to delete; batches of up to {} per sendmsg",
-        client.max_batch()
-    );
+    let mut namespaces = 0..;
+    let mut fresh = || Netns::create(namespaces.next().unwrap_or_default());
 
-    // Batched.
-    let (r, prog_batched) = timed(|| client.apply(&program));
-    check_all_ok("batched program", r)?;
-    let (table, read_crate) = timed(|| client.table());
-    let table = table?;
-    let read_dests: usize = table.services.iter().map(|s| s.destinations.len()).sum();
-    if table.services.len() != n || read_dests != n * m {
-        return Err("batched: the table read back is incomplete".into());
+    let (mut batched, mut unbatched, mut reads) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ipvsadm_round = None;
+    for round in 0..rounds.max(1) {
+        // Batched, then both reads of the full table it made.
+        let ns = fresh()?;
+        let mut client = ns.client()?;
+        if round == 0 {
+            println!(
+                "ipvs bench: {n} services x {m} destinations: {nprog} operations to program, \
+                 {ndel} to delete; up to {} per sendmsg; {rounds} rounds",
+                client.max_batch()
+            );
+        }
+        let (r, program_time) = timed(|| client.apply(&program));
+        check_all_ok("batched program", r)?;
+        let (table, read_crate) = timed(|| client.table());
+        let table = table?;
+        let dests: usize = table.services.iter().map(|s| s.destinations.len()).sum();
+        if table.services.len() != n || dests != n * m {
+            return Err("the table read back is incomplete".into());
+        }
+        let read_ipvsadm = ipvsadm(&ns.0, &["-Ln"], None)?;
+        reads.push((read_crate, read_ipvsadm));
+        let (r, delete_time) = timed(|| client.apply(&delete));
+        check_all_ok("batched delete", r)?;
+        check_table(&mut client, 0, 0)?;
+        batched.push(Round {
+            program: program_time,
+            delete: delete_time,
+        });
+        drop(ns);
+
+        // Unbatched: one message, one ACK.
+        let ns = fresh()?;
+        let mut client = ns.client()?;
+        let (r, program_time) = timed(|| client.apply_unbatched(&program));
+        check_all_ok("unbatched program", r)?;
+        check_table(&mut client, n, m)?;
+        let (r, delete_time) = timed(|| client.apply_unbatched(&delete));
+        check_all_ok("unbatched delete", r)?;
+        check_table(&mut client, 0, 0)?;
+        unbatched.push(Round {
+            program: program_time,
+            delete: delete_time,
+        });
+        drop(ns);
+
+        // ipvsadm -R, once.
+        if ipvsadm_round.is_none() {
+            let ns = fresh()?;
+            let mut client = ns.client()?;
+            let program_time = ipvsadm(&ns.0, &["-R"], Some(&program_script(n, m)?))?;
+            check_table(&mut client, n, m)?;
+            let delete_time = ipvsadm(&ns.0, &["-R"], Some(&delete_script(n)?))?;
+            check_table(&mut client, 0, 0)?;
+            ipvsadm_round = Some(Round {
+                program: program_time,
+                delete: delete_time,
+            });
+        }
     }
-    let read_ipvsadm = ipvsadm(netns, &["-Ln"], None)?;
-    let (r, del_batched) = timed(|| client.apply(&delete));
-    check_all_ok("batched delete", r)?;
-    check_table(&mut client, 0, 0)?;
+    let peer = ipvsadm_round.ok_or("ipvsadm did not run")?;
+    let (b, u) = (fastest(&batched), fastest(&unbatched));
+    let read_crate = reads.iter().map(|r| r.0).min().unwrap_or_default();
+    let read_ipvsadm = reads.iter().map(|r| r.1).min().unwrap_or_default();
 
-    // Unbatched: one message, one ACK.
-    let (r, prog_unbatched) = timed(|| client.apply_unbatched(&program));
-    check_all_ok("unbatched program", r)?;
-    check_table(&mut client, n, m)?;
-    let (r, del_unbatched) = timed(|| client.apply_unbatched(&delete));
-    check_all_ok("unbatched delete", r)?;
-    check_table(&mut client, 0, 0)?;
-
-    // ipvsadm -R.
-    let prog_ipvsadm = ipvsadm(netns, &["-R"], Some(&program_script(n, m)?))?;
-    check_table(&mut client, n, m)?;
-    let del_ipvsadm = ipvsadm(netns, &["-R"], Some(&delete_script(n)?))?;
-    check_table(&mut client, 0, 0)?;
-
-    line("program  batched", nprog, prog_batched);
-    line("program  unbatched", nprog, prog_unbatched);
-    line("program  ipvsadm -R", nprog, prog_ipvsadm);
-    line("delete   batched", ndel, del_batched);
-    line("delete   unbatched", ndel, del_unbatched);
-    line("delete   ipvsadm -R", ndel, del_ipvsadm);
+    line(
+        "program  batched",
+        nprog,
+        b.program,
+        &format!("rounds: {}", samples(&batched)),
+    );
+    line(
+        "program  unbatched",
+        nprog,
+        u.program,
+        &format!("rounds: {}", samples(&unbatched)),
+    );
+    line("program  ipvsadm -R", nprog, peer.program, "");
+    line("delete   batched", ndel, b.delete, "");
+    line("delete   unbatched", ndel, u.delete, "");
+    line("delete   ipvsadm -R", ndel, peer.delete, "");
     let entries = n * (m + 1);
-    line("read     table() (entries)", entries, read_crate);
-    line("read     ipvsadm -Ln (entries)", entries, read_ipvsadm);
-    let vs_ipvsadm = prog_ipvsadm.as_secs_f64() / prog_batched.as_secs_f64();
-    let vs_unbatched = prog_unbatched.as_secs_f64() / prog_batched.as_secs_f64();
-    let read_ratio = read_ipvsadm.as_secs_f64() / read_crate.as_secs_f64();
-    let all_batched = prog_batched + del_batched;
-    let all_ipvsadm = prog_ipvsadm + del_ipvsadm;
-    let all_unbatched = prog_unbatched + del_unbatched;
+    line("read     table()", entries, read_crate, "(entries read)");
+    line(
+        "read     ipvsadm -Ln",
+        entries,
+        read_ipvsadm,
+        "(entries read)",
+    );
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    let vs_ipvsadm = ratio(peer.program, b.program);
+    let vs_unbatched = ratio(u.program, b.program);
+    let read_ratio = ratio(read_ipvsadm, read_crate);
     println!(
         "ratios: program batched vs ipvsadm -R {vs_ipvsadm:.1}x, vs unbatched {vs_unbatched:.1}x; \
          program+delete vs ipvsadm -R {:.1}x, vs unbatched {:.1}x; \
          full-table read vs ipvsadm -Ln {read_ratio:.1}x",
-        all_ipvsadm.as_secs_f64() / all_batched.as_secs_f64(),
-        all_unbatched.as_secs_f64() / all_batched.as_secs_f64(),
+        ratio(peer.program + peer.delete, b.program + b.delete),
+        ratio(u.program + u.delete, b.program + b.delete),
     );
     println!(
         "SUITE: ipvs {:.0} ops/s batched, {:.0} ops/s unbatched ({vs_unbatched:.1}x), \
          {:.0} ops/s ipvsadm -R, read {:.3} s vs ipvsadm -Ln {:.3} s ({read_ratio:.1}x) \
          | {vs_ipvsadm:.1}x vs ipvsadm -R",
-        rate(nprog, prog_batched),
-        rate(nprog, prog_unbatched),
-        rate(nprog, prog_ipvsadm),
+        rate(nprog, b.program),
+        rate(nprog, u.program),
+        rate(nprog, peer.program),
         read_crate.as_secs_f64(),
         read_ipvsadm.as_secs_f64(),
     );
