@@ -8,5 +8,6 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod dump;
 pub mod servers;
 pub mod sync;
