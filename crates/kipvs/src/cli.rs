@@ -87,6 +87,9 @@ pub struct PlanArgs {
     /// Show the operations against the kernel's current state.
     #[arg(long)]
     pub diff: bool,
+    /// This node's name, if not the hostname (picks the Node of the state file).
+    #[arg(long)]
+    pub hostname_override: Option<String>,
 }
 
 /// Options of `kipvs dump`.
@@ -110,7 +113,23 @@ pub struct DumpArgs {
     /// Show each virtual server's owning Service.
     #[arg(long)]
     pub services: bool,
-    /// Machine-readable JSON.
-    #[arg(long)]
+    /// Machine-readable JSON (the document is described in the README).
+    #[arg(long, conflicts_with_all = ["stats", "rate", "connections", "save"])]
     pub json: bool,
+    /// Kubernetes manifests that say which Service owns each virtual server (for
+    /// `--services` and `--service`).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// kube-proxy's KubeProxyConfiguration YAML, used with `--state`.
+    #[arg(long, requires = "state")]
+    pub config: Option<PathBuf>,
+    /// This node's name, if not the hostname, used with `--state`.
+    #[arg(long, requires = "state")]
+    pub hostname_override: Option<String>,
+    /// Only the virtual servers of this Service (`namespace/name`); needs `--state`.
+    #[arg(long, value_name = "NAMESPACE/NAME", requires = "state")]
+    pub service: Vec<String>,
+    /// Only the virtual servers on this address.
+    #[arg(long, value_name = "ADDRESS")]
+    pub vip: Vec<std::net::IpAddr>,
 }

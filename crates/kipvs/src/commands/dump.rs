@@ -1,9 +1,184 @@
-//! `kipvs dump`.
+//! `kipvs dump`: the kernel's IPVS table as `ipvsadm` prints it, or as JSON.
+//!
+//! The formatting is [`crate::dump`]'s (pure); this module reads the kernel, filters and
+//! prints, and turns what users meet (no root, no IPVS) into one-line messages.
 
-use std::process::ExitCode;
+use std::io::Write as _;
+use std::process::{Command, ExitCode, Stdio};
+
+use kipvs_ipvs::{Client, Error, ServiceKey, Table};
+use kipvs_proxy::Observed;
+
+use super::plan::Cluster;
+use crate::cli::DumpArgs;
+use crate::dump::{self, conn, json, save, Columns, ListOptions};
 
 /// Runs `kipvs dump`.
-pub fn main(_args: &crate::cli::DumpArgs) -> ExitCode {
-    eprintln!("kipvs: `dump` is not implemented yet");
-    ExitCode::from(2)
+pub fn main(args: &DumpArgs) -> ExitCode {
+    match run(args) {
+        Ok(text) => print(&text),
+        Err(message) => fail(&message),
+    }
+}
+
+/// Prints `text` to standard output in one write; a closed pipe is not an error.
+pub(crate) fn print(text: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => fail(&format!("cannot write the output: {e}")),
+    }
+}
+
+/// Prints `kipvs: message` to standard error and returns the failure exit code.
+pub(crate) fn fail(message: &str) -> ExitCode {
+    eprintln!("kipvs: {message}");
+    ExitCode::FAILURE
+}
+
+/// Opens the IPVS table of this network namespace. When the kernel has no IPVS family,
+/// tries `modprobe ip_vs` once, as ipvsadm does.
+///
+/// Fails with a one-line message saying what to do.
+pub(crate) fn open_ipvs() -> Result<Client, String> {
+    match Client::new() {
+        Err(Error::Unavailable) => {
+            load_module();
+            Client::new().map_err(|e| explain(&e))
+        }
+        other => other.map_err(|e| explain(&e)),
+    }
+}
+
+/// The one-line message for an IPVS error: the crate's own, which says what to do.
+pub(crate) fn explain(e: &Error) -> String {
+    match e {
+        Error::Unavailable => format!("{e} (as root; in a container, load it on the host)"),
+        _ => e.to_string(),
+    }
+}
+
+fn load_module() {
+    let _ = Command::new("modprobe")
+        .args(["-q", "ip_vs"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Reads the kernel state `kipvs plan --diff` compares with: the IPVS table.
+///
+/// Fails like [`open_ipvs`], or when the dump fails.
+pub(crate) fn observe() -> Result<Observed, String> {
+    let mut ipvs = open_ipvs()?;
+    let table = ipvs.table().map_err(|e| explain(&e))?;
+    Ok(Observed {
+        table,
+        ..Observed::default()
+    })
+}
+
+fn run(args: &DumpArgs) -> Result<String, String> {
+    if args.connections {
+        return connections();
+    }
+    let cluster = match &args.state {
+        Some(state) => Some(Cluster::load(
+            state,
+            args.config.as_deref(),
+            args.hostname_override.as_deref(),
+        )?),
+        None => None,
+    };
+    let mut ipvs = open_ipvs()?;
+    let info = ipvs.info().map_err(|e| explain(&e))?;
+    let mut table = ipvs.table().map_err(|e| explain(&e))?;
+    filter(&mut table, args, cluster.as_ref())?;
+    let owner = |k: &ServiceKey| cluster.as_ref().and_then(|c| c.owner(k));
+    if args.json {
+        let owners = |k: &ServiceKey| owner(k).into_iter().collect::<Vec<_>>();
+        let with = args.services.then_some(&owners as json::Owners<'_>);
+        return Ok(json::document(&table, &info, with));
+    }
+    if args.save {
+        return Ok(save::save(&table));
+    }
+    let options = ListOptions {
+        columns: if args.stats {
+            Columns::Stats
+        } else if args.rate {
+            Columns::Rate
+        } else {
+            Columns::Plain
+        },
+        exact: args.exact,
+    };
+    if args.services {
+        if cluster.is_none() {
+            return Err("--services needs --state FILE to know which Service owns what".into());
+        }
+        let note = |k: &ServiceKey| Some(owner(k).unwrap_or_else(|| "-".into()));
+        return Ok(dump::list_annotated(&table, &info, options, &note));
+    }
+    Ok(dump::list(&table, &info, options))
+}
+
+/// Keeps the virtual services on `--vip` addresses and of `--service` Services.
+fn filter(table: &mut Table, args: &DumpArgs, cluster: Option<&Cluster>) -> Result<(), String> {
+    for s in &args.service {
+        if !s.contains('/') {
+            return Err(format!("--service {s:?}: expected NAMESPACE/NAME"));
+        }
+    }
+    table.services.retain(|entry| {
+        let key = &entry.service.key;
+        let vip_ok = args.vip.is_empty()
+            || matches!(key, ServiceKey::Addr { addr, .. } if args.vip.contains(addr));
+        let service_ok = args.service.is_empty()
+            || cluster
+                .and_then(|c| c.owner(key))
+                .is_some_and(|o| args.service.iter().any(|s| owner_is(&o, s)));
+        vip_ok && service_ok
+    });
+    Ok(())
+}
+
+/// Whether `owner` (`namespace/name:port`) belongs to Service `name` (`namespace/name`).
+fn owner_is(owner: &str, name: &str) -> bool {
+    owner
+        .rsplit_once(':')
+        .is_some_and(|(service, _)| service == name)
+}
+
+/// `ipvsadm -Lnc`.
+fn connections() -> Result<String, String> {
+    let read = || std::fs::read_to_string(conn::PROC_FILE);
+    let text = match read() {
+        Ok(t) => t,
+        Err(_) => {
+            load_module();
+            read().map_err(|e| {
+                format!(
+                    "IPVS is unavailable (cannot read {}: {e}); load the ip_vs kernel \
+                     module (modprobe ip_vs) or use a kernel built with CONFIG_IP_VS",
+                    conn::PROC_FILE
+                )
+            })?
+        }
+    };
+    conn::connections(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_match_their_service_name_whatever_the_port() {
+        assert!(owner_is("default/kubernetes:https", "default/kubernetes"));
+        assert!(owner_is("a/b:80", "a/b"));
+        assert!(!owner_is("a/bc:80", "a/b"));
+    }
 }

@@ -1,9 +1,167 @@
-//! `kipvs plan`.
+//! `kipvs plan`: the IPVS table kipvs would program for a state file, in `ipvsadm -Ln`'s
+//! layout, without privileges; with `--diff`, the operations it would apply to the
+//! kernel's current table, one per line.
+//!
+//! Also home of [`Cluster`], a state file replayed into the core, which `kipvs dump
+//! --services` uses to name each virtual server's Service.
 
+use std::net::IpAddr;
+use std::path::Path;
 use std::process::ExitCode;
 
+use kipvs_ipvs::{DestinationEntry, Info, ServiceEntry, ServiceKey, Table, Version};
+use kipvs_kube::{convert, state_file};
+use kipvs_proxy::{Desired, EndpointSlice, Moment, Node, Observed, Plan, Proxier, Service};
+
+use crate::cli::PlanArgs;
+use crate::config::Config;
+use crate::dump::{self, diff};
+
+/// What `kipvs plan` prints in the header, having no kernel to ask: the IPVS version of
+/// every kernel since 2.6.28 and the default connection table size.
+pub const NOMINAL_INFO: Info = Info {
+    version: Version {
+        major: 1,
+        minor: 2,
+        patch: 1,
+    },
+    conn_table_size: 4096,
+};
+
+/// A state file replayed into the core: the desired state for this node.
+pub struct Cluster {
+    /// The core, synced once.
+    pub proxier: Proxier,
+}
+
+impl Cluster {
+    /// Loads `state` (and `config`, default settings without it) and computes the desired
+    /// state of the node named `hostname` (else the configuration's `hostnameOverride`,
+    /// else the state file's only Node, else this machine's hostname).
+    ///
+    /// Fails with a one-line message when a file cannot be read or is invalid.
+    pub fn load(
+        state: &Path,
+        config: Option<&Path>,
+        hostname: Option<&str>,
+    ) -> Result<Cluster, String> {
+        let config = match config {
+            Some(path) => Config::load(path).map_err(|e| e.to_string())?.config,
+            None => Config::default(),
+        };
+        let cluster = state_file::load(state).map_err(|e| e.to_string())?;
+        let nodes: Vec<convert::NodeInfo> = cluster.nodes.iter().map(convert::node).collect();
+        let name = hostname
+            .map(str::to_owned)
+            .or_else(|| config.hostname_override.clone())
+            .or_else(|| (nodes.len() == 1).then(|| nodes[0].name.clone()))
+            .unwrap_or_else(local_hostname);
+        let info = nodes.iter().find(|n| n.name == name);
+        let addresses: Vec<IpAddr> = info.map(|n| n.addresses.clone()).unwrap_or_default();
+        let node = match info {
+            Some(i) => i.to_core(addresses.iter().copied()),
+            None => Node::new(name),
+        };
+        let primary: Vec<IpAddr> = [
+            addresses.iter().find(|a| a.is_ipv4()),
+            addresses.iter().find(|a| a.is_ipv6()),
+        ]
+        .into_iter()
+        .flatten()
+        .copied()
+        .collect();
+        let mut proxier = Proxier::new(config.core(&primary), node);
+        for svc in &cluster.services {
+            if let Ok(s) = Service::try_new(convert::service(svc)) {
+                proxier.upsert_service(s);
+            }
+        }
+        for slice in &cluster.endpoint_slices {
+            if let Ok(s) = EndpointSlice::try_new(convert::endpoint_slice(slice)) {
+                proxier.upsert_slice(s);
+            }
+        }
+        let _ = proxier.verify(&Observed::default(), Moment::default());
+        Ok(Cluster { proxier })
+    }
+
+    /// The desired state.
+    pub fn desired(&self) -> &Desired {
+        self.proxier.desired()
+    }
+
+    /// The Service port that owns the virtual service at `key`, as `namespace/name:port`.
+    pub fn owner(&self, key: &ServiceKey) -> Option<String> {
+        self.desired()
+            .virtual_service(key)
+            .map(|v| v.owner.to_string())
+    }
+
+    /// The IPVS table the desired state describes (no counters), in a fixed order (the
+    /// desired state has none, and ipvsadm's sort depends on the input order).
+    pub fn table(&self) -> Table {
+        let mut table = Table {
+            services: self
+                .desired()
+                .virtual_services()
+                .map(|v| ServiceEntry {
+                    service: v.service.clone(),
+                    stats: Default::default(),
+                    destinations: v
+                        .destinations
+                        .iter()
+                        .map(|d| DestinationEntry {
+                            destination: d.clone(),
+                            counters: Default::default(),
+                            stats: Default::default(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        table
+            .services
+            .sort_by(|a, b| a.service.key.cmp(&b.service.key));
+        table
+    }
+
+    /// The Plan that brings `observed` to the desired state.
+    pub fn plan_against(&mut self, observed: &Observed) -> Plan {
+        self.proxier.verify(observed, Moment::default())
+    }
+}
+
+/// This machine's hostname, as Kubernetes names nodes by default.
+fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .unwrap_or_default()
+}
+
 /// Runs `kipvs plan`.
-pub fn main(_args: &crate::cli::PlanArgs) -> ExitCode {
-    eprintln!("kipvs: `plan` is not implemented yet");
-    ExitCode::from(2)
+pub fn main(args: &PlanArgs) -> ExitCode {
+    match run(args) {
+        Ok(text) => super::dump::print(&text),
+        Err(message) => super::dump::fail(&message),
+    }
+}
+
+fn run(args: &PlanArgs) -> Result<String, String> {
+    let mut cluster = Cluster::load(
+        &args.state,
+        args.config.as_deref(),
+        args.hostname_override.as_deref(),
+    )?;
+    if !args.diff {
+        let table = cluster.table();
+        return Ok(dump::list_annotated(
+            &table,
+            &NOMINAL_INFO,
+            dump::ListOptions::default(),
+            &|k| cluster.owner(k),
+        ));
+    }
+    let observed = super::dump::observe()?;
+    let plan = cluster.plan_against(&observed);
+    Ok(diff::render(&plan))
 }

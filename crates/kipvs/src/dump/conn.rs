@@ -36,9 +36,7 @@ pub fn connections(proc_text: &str) -> Result<String, String> {
 
 /// An IPv4 address as the kernel prints it (`%08X`), read like `strtoul(s, NULL, 16)`.
 fn hex_v4(s: &str) -> Ipv4Addr {
-    let digits: &str = &s[..s
-        .find(|c: char| !c.is_ascii_hexdigit())
-        .unwrap_or(s.len())];
+    let digits: &str = &s[..s.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(s.len())];
     let n = u64::from_str_radix(digits, 16).unwrap_or(if digits.is_empty() { 0 } else { u64::MAX });
     Ipv4Addr::from(u32::try_from(n & u64::from(u32::MAX)).unwrap_or(u32::MAX))
 }

@@ -246,7 +246,10 @@ mod tests {
         assert_eq!(s[0]["destinations"][0]["active_conns"], 3);
         assert_eq!(s[0]["stats"]["outbytes"], 123_456_789_012_u64);
         assert!(s[0].get("owners").is_none());
-        assert_eq!(s[1]["flags"], serde_json::json!(["one-packet", "sched-fallback", "sched-port"]));
+        assert_eq!(
+            s[1]["flags"],
+            serde_json::json!(["one-packet", "sched-fallback", "sched-port"])
+        );
         assert_eq!(s[1]["persistence"]["netmask"], 24);
         assert_eq!(s[1]["destinations"][0]["tunnel"]["type"], "gue");
         assert_eq!(s[2]["persistence"]["engine"], "sip");
@@ -256,7 +259,11 @@ mod tests {
 
     #[test]
     fn owners_appear_with_services() {
-        let text = document(&sample_table(), &info(), Some(&|_| vec!["a/b:80".to_string()]));
+        let text = document(
+            &sample_table(),
+            &info(),
+            Some(&|_| vec!["a/b:80".to_string()]),
+        );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["services"][3]["owners"][0], "a/b:80");
     }

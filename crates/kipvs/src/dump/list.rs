@@ -204,7 +204,10 @@ SCTP [fd00::1]:3868 wlc persistent 60 mask 64 pe sip
 FWM  7 mh (mh-fallback)
   -> 10.0.0.1:0                   Masq    1      0          0         
 ";
-        assert_eq!(list(&sample_table(), &info(), ListOptions::default()), expected);
+        assert_eq!(
+            list(&sample_table(), &info(), ListOptions::default()),
+            expected
+        );
     }
 
     #[test]
@@ -276,7 +279,8 @@ FWM  7 mh (mh-fallback)
     #[test]
     fn annotations_follow_the_service_line() {
         let text = list_annotated(&sample_table(), &info(), ListOptions::default(), &|k| {
-            matches!(k, ServiceKey::Addr { port: 443, .. }).then(|| "default/kubernetes:https".into())
+            matches!(k, ServiceKey::Addr { port: 443, .. })
+                .then(|| "default/kubernetes:https".into())
         });
         assert!(text.contains("TCP  10.96.0.1:443 rr  # default/kubernetes:https\n"));
     }

@@ -13,6 +13,7 @@
 //! - [`diff`]: a Plan's IPVS operations, one readable line each (`kipvs plan --diff`).
 
 pub mod conn;
+pub mod diff;
 pub mod json;
 pub mod list;
 pub mod names;

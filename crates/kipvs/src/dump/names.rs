@@ -188,8 +188,14 @@ mod tests {
             addr: addr.parse().unwrap(),
             port: 80,
         };
-        assert_eq!(service_name(&k(Protocol::Tcp, "10.0.0.1")), "TCP  10.0.0.1:80");
-        assert_eq!(service_name(&k(Protocol::Sctp, "fd00::1")), "SCTP [fd00::1]:80");
+        assert_eq!(
+            service_name(&k(Protocol::Tcp, "10.0.0.1")),
+            "TCP  10.0.0.1:80"
+        );
+        assert_eq!(
+            service_name(&k(Protocol::Sctp, "fd00::1")),
+            "SCTP [fd00::1]:80"
+        );
         let fwm = ServiceKey::Fwmark {
             family: Family::V6,
             mark: u32::MAX,
@@ -225,7 +231,10 @@ mod tests {
             netmask,
             engine: None,
         };
-        assert_eq!(netmask(Family::V4, &p(24)).as_deref(), Some("255.255.255.0"));
+        assert_eq!(
+            netmask(Family::V4, &p(24)).as_deref(),
+            Some("255.255.255.0")
+        );
         assert_eq!(netmask(Family::V4, &p(0)).as_deref(), Some("0.0.0.0"));
         assert_eq!(netmask(Family::V4, &p(32)), None);
         assert_eq!(netmask(Family::V6, &p(64)).as_deref(), Some("64"));

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use kipvs_ipvs::{DestinationEntry, ForwardMethod, Service, Table, TunnelKind};
+use kipvs_ipvs::{Destination, ForwardMethod, Service, Table, TunnelKind};
 
 use super::names::{self, addr_port_string, service_rule};
 use super::order::{destinations_order, services_order};
@@ -13,16 +13,21 @@ pub fn save(table: &Table) -> String {
     for i in services_order(&table.services) {
         let entry = &table.services[i];
         let rule = service_rule(&entry.service.key);
-        service(&mut out, &rule, &entry.service);
+        let _ = write!(out, "-A {rule}");
+        service_options(&mut out, &entry.service);
+        out.push('\n');
         for j in destinations_order(&entry.destinations) {
-            destination(&mut out, &rule, &entry.destinations[j]);
+            let _ = write!(out, "-a {rule}");
+            destination_options(&mut out, &entry.destinations[j].destination);
+            out.push('\n');
         }
     }
     out
 }
 
-fn service(out: &mut String, rule: &str, svc: &Service) {
-    let _ = write!(out, "-A {rule} -s {}", svc.scheduler.name());
+/// A service's options as `ipvsadm -S` writes them after `-A SERVICE`: ` -s rr -p 300 ...`.
+pub fn service_options(out: &mut String, svc: &Service) {
+    let _ = write!(out, " -s {}", svc.scheduler.name());
     if let Some(p) = &svc.persistence {
         let _ = write!(out, " -p {}", p.timeout);
         if let Some(mask) = names::netmask(svc.key.family(), p) {
@@ -38,14 +43,14 @@ fn service(out: &mut String, rule: &str, svc: &Service) {
     if names::has_sched_flags(svc) {
         let _ = write!(out, " -b {}", names::sched_flags(svc));
     }
-    out.push('\n');
 }
 
-fn destination(out: &mut String, rule: &str, entry: &DestinationEntry) {
-    let d = &entry.destination;
+/// A destination's options as `ipvsadm -S` writes them after `-a SERVICE`:
+/// ` -r 10.0.0.1:80 -m -w 1` (and the tunnel's type, port and checksum option).
+pub fn destination_options(out: &mut String, d: &Destination) {
     let _ = write!(
         out,
-        "-a {rule} -r {} {} -w {}",
+        " -r {} {} -w {}",
         addr_port_string(&d.addr, d.port),
         names::forward_switch(&d.forward),
         names::fwmark(d.weight)
@@ -63,7 +68,6 @@ fn destination(out: &mut String, rule: &str, entry: &DestinationEntry) {
             TunnelKind::Gre => write!(out, " {}", names::tunnel_flags_option(t.flags)),
         };
     }
-    out.push('\n');
 }
 
 #[cfg(test)]

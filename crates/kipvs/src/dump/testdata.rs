@@ -126,14 +126,8 @@ pub fn sample_table() -> Table {
     Table {
         services: vec![
             entry(fwm, vec![dest("10.0.0.1", 0, ForwardMethod::Masq, 1)]),
-            entry(
-                sctp,
-                vec![dest("fd00:1::2", 3868, ForwardMethod::Local, 5)],
-            ),
-            entry(
-                udp,
-                vec![dest("10.244.0.5", 53, tunnel, 2_147_483_647)],
-            ),
+            entry(sctp, vec![dest("fd00:1::2", 3868, ForwardMethod::Local, 5)]),
+            entry(udp, vec![dest("10.244.0.5", 53, tunnel, 2_147_483_647)]),
             tcp_entry,
         ],
     }
