@@ -119,9 +119,7 @@ impl Cluster {
                 })
                 .collect(),
         };
-        table
-            .services
-            .sort_by(|a, b| a.service.key.cmp(&b.service.key));
+        table.services.sort_by_key(|s| s.service.key);
         table
     }
 
