@@ -91,30 +91,29 @@ fn kipvs(ns: &Netns, args: &[&str]) -> String {
 }
 
 /// Compares `kipvs dump ARGS` with `ipvsadm IPVSADM_ARGS`, reading ipvsadm just before
-/// and just after kipvs: counters, rates and expiry times move, so a comparison counts
-/// only when both ipvsadm reads agree (kipvs then read the same state). Retries until
-/// they do.
+/// and just after kipvs (in one shell, to keep the three reads close): counters, rates
+/// and expiry times move, so a comparison counts only when both ipvsadm reads agree
+/// (kipvs then read the same state). Retries until they do.
 fn assert_same(ns: &Netns, args: &[&str], ipvsadm_args: &[&str]) -> String {
-    for _ in 0..20 {
-        let before = ns.run_ok("ipvsadm", ipvsadm_args);
-        let ours = kipvs(ns, args);
-        let after = ns.run_ok("ipvsadm", ipvsadm_args);
-        if before != after {
+    const MARK: &str = "@@@@ kipvs test @@@@\n";
+    let (ours, theirs) = (args.join(" "), ipvsadm_args.join(" "));
+    let script = format!(
+        "ipvsadm {theirs}; printf '{MARK}'; {KIPVS} dump {ours}; printf '{MARK}'; ipvsadm {theirs}"
+    );
+    for _ in 0..40 {
+        let out = ns.sh(&script);
+        let parts: Vec<&str> = out.split(MARK).collect();
+        assert_eq!(parts.len(), 3, "{out}");
+        if parts[0] != parts[2] {
             continue;
         }
         assert_eq!(
-            ours,
-            before,
-            "`kipvs dump {}` differs from `ipvsadm {}`",
-            args.join(" "),
-            ipvsadm_args.join(" ")
+            parts[1], parts[0],
+            "`kipvs dump {ours}` differs from `ipvsadm {theirs}`"
         );
-        return ours;
+        return parts[1].to_string();
     }
-    panic!(
-        "the table kept changing under `ipvsadm {}`",
-        ipvsadm_args.join(" ")
-    );
+    panic!("the table kept changing under `ipvsadm {theirs}`");
 }
 
 #[test]
