@@ -15,9 +15,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kipvs_host::ipset::{self, sizing, Entry, KubeSet, KubeSets, Protocol};
+use kipvs_host::ipset::{self, sizing, KubeSets};
 use kipvs_host::link::VipLink;
-use kipvs_host::Family;
+use kipvs_ipvs::{Family, Protocol};
+use kipvs_proxy::{Member, SetKind};
 use kipvs_testkit::Netns;
 
 fn ms(d: Duration) -> f64 {
@@ -69,8 +70,12 @@ fn main() {
     let mut sets = KubeSets::new(Family::V4);
     for i in 0..entries {
         let port = u16::try_from(1 + i % 4).unwrap() * 80;
-        let e = Entry::IpPort(vip(i / 4), Protocol::Tcp, port);
-        sets.insert(KubeSet::ClusterIp, e).unwrap();
+        let member = Member::IpPort {
+            ip: vip(i / 4),
+            protocol: Protocol::Tcp,
+            port,
+        };
+        sets.insert(SetKind::ClusterIp, member).unwrap();
     }
     let specs = sets.specs();
 
@@ -105,7 +110,7 @@ fn main() {
     let mut restore = format!(
         "create KUBE-CLUSTER-IP hash:ip,port family inet hashsize {hashsize} maxelem {maxelem}\n"
     );
-    for e in sets.members(KubeSet::ClusterIp) {
+    for e in sets.members(SetKind::ClusterIp) {
         restore.push_str(&format!("add KUBE-CLUSTER-IP {e}\n"));
     }
     let peer_sets = timed_stdin(&peer, "ipset", &["restore"], &restore);

@@ -4,10 +4,14 @@
 //!
 //! The order matters: a set cannot be destroyed while a rule matches it.
 
-use crate::ipset::{exec::destroy_sets, KubeSet};
+use kipvs_ipvs::Family;
+use kipvs_proxy::{SetKind, SetName};
+
+use crate::ipset::exec::destroy_sets;
+use crate::ipset::temp_name;
 use crate::iptables::{Backend, Iptables};
 use crate::link::VipLink;
-use crate::{Family, Result};
+use crate::Result;
 
 /// What [`cleanup`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,11 +27,8 @@ pub struct CleanupReport {
 /// Every set name kipvs may have created: the catalog in both families, and the
 /// temporary sets used when regrowing one.
 pub fn own_set_names() -> Vec<String> {
-    let mut names: Vec<String> = [Family::V4, Family::V6]
-        .into_iter()
-        .flat_map(|f| KubeSet::ALL.into_iter().map(move |s| s.name(f)))
-        .collect();
-    names.extend((0..KubeSet::ALL.len()).map(|i| format!("KIPVS-TMP-{i}")));
+    let mut names: Vec<String> = SetName::all().map(|set| set.to_string()).collect();
+    names.extend((0..SetKind::ALL.len()).map(temp_name));
     names
 }
 

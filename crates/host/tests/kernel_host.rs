@@ -8,11 +8,13 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use kipvs_host::ipset::{self, Entry, KubeSet, KubeSets, Protocol};
+use kipvs_host::cleanup;
+use kipvs_host::ipset::{self, KubeSets};
 use kipvs_host::iptables::{Backend, Iptables, LocalDetector, RuleConfig, RuleSpec};
 use kipvs_host::link::VipLink;
 use kipvs_host::sysctl::{self, Outcome, SysctlConfig, Sysctls};
-use kipvs_host::{cleanup, Family};
+use kipvs_ipvs::{Family, Protocol};
+use kipvs_proxy::{Member, SetKind};
 use kipvs_testkit::Netns;
 
 fn ip(s: &str) -> IpAddr {
@@ -21,6 +23,14 @@ fn ip(s: &str) -> IpAddr {
 
 fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
     list.iter().map(|s| ip(s)).collect()
+}
+
+fn tcp(ip: IpAddr, port: u16) -> Member {
+    Member::IpPort {
+        ip,
+        protocol: Protocol::Tcp,
+        port,
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -35,15 +45,16 @@ fn runtime() -> tokio::runtime::Runtime {
 fn service_sets(family: Family, vip: &str, endpoint: &str) -> KubeSets {
     let mut sets = KubeSets::new(family);
     let (vip, ep) = (ip(vip), ip(endpoint));
-    sets.insert(KubeSet::ClusterIp, Entry::IpPort(vip, Protocol::Tcp, 80))
-        .unwrap();
-    sets.insert(KubeSet::IpvsIps, Entry::Ip(vip)).unwrap();
-    sets.insert(
-        KubeSet::LoopBack,
-        Entry::IpPortIp(ep, Protocol::Tcp, 8080, ep),
-    )
-    .unwrap();
-    sets.insert(KubeSet::NodePortTcp, Entry::Port(30080))
+    sets.insert(SetKind::ClusterIp, tcp(vip, 80)).unwrap();
+    sets.insert(SetKind::IpvsIps, Member::Ip(vip)).unwrap();
+    let hairpin = Member::IpPortIp {
+        ip: ep,
+        protocol: Protocol::Tcp,
+        port: 8080,
+        ip2: ep,
+    };
+    sets.insert(SetKind::LoopBack, hairpin).unwrap();
+    sets.insert(SetKind::NodePortTcp, Member::Port(30080))
         .unwrap();
     sets
 }
@@ -140,13 +151,10 @@ fn ipsets_converge_by_diff_grow_past_their_size_and_leave_foreign_sets_alone() {
 
     let mut sets = KubeSets::new(Family::V4);
     for port in 1..=10 {
-        sets.insert(
-            KubeSet::ClusterIp,
-            Entry::IpPort(ip("10.96.0.1"), Protocol::Tcp, port),
-        )
-        .unwrap();
+        sets.insert(SetKind::ClusterIp, tcp(ip("10.96.0.1"), port))
+            .unwrap();
     }
-    sets.insert(KubeSet::NodePortTcp, Entry::Port(30080))
+    sets.insert(SetKind::NodePortTcp, Member::Port(30080))
         .unwrap();
     let report = ipset::sync_sets(&sets.specs()).unwrap();
     assert!(report.changed);
@@ -169,11 +177,8 @@ fn ipsets_converge_by_diff_grow_past_their_size_and_leave_foreign_sets_alone() {
     // Only the difference is written.
     let mut next = KubeSets::new(Family::V4);
     for port in 5..=12 {
-        next.insert(
-            KubeSet::ClusterIp,
-            Entry::IpPort(ip("10.96.0.1"), Protocol::Tcp, port),
-        )
-        .unwrap();
+        next.insert(SetKind::ClusterIp, tcp(ip("10.96.0.1"), port))
+            .unwrap();
     }
     let report = ipset::sync_sets(&next.specs()).unwrap();
     assert_eq!(
@@ -542,12 +547,17 @@ fn load_balancer_source_ranges_admit_listed_clients_and_drop_the_others() {
     t.ipvs_service("203.0.113.10", 80, "10.244.1.2");
     let sync = |allowed: &str| {
         let mut sets = KubeSets::new(Family::V4);
-        let port = Entry::IpPort(lb, Protocol::Tcp, 80);
-        sets.insert(KubeSet::LoadBalancer, port).unwrap();
-        sets.insert(KubeSet::LoadBalancerFw, port).unwrap();
-        sets.insert(KubeSet::IpvsIps, Entry::Ip(lb)).unwrap();
-        let range = Entry::ip_port_net(lb, Protocol::Tcp, 80, allowed.parse().unwrap());
-        sets.insert(KubeSet::LoadBalancerSourceCidr, range).unwrap();
+        let port = tcp(lb, 80);
+        sets.insert(SetKind::LoadBalancer, port).unwrap();
+        sets.insert(SetKind::LoadBalancerFw, port).unwrap();
+        sets.insert(SetKind::IpvsIps, Member::Ip(lb)).unwrap();
+        let range = Member::IpPortNet {
+            ip: lb,
+            protocol: Protocol::Tcp,
+            port: 80,
+            net: allowed.parse::<ipnet::IpNet>().unwrap().trunc(),
+        };
+        sets.insert(SetKind::LoadBalancerSourceCidr, range).unwrap();
         ipset::sync_sets(&sets.specs()).unwrap();
         let spec = rules(&sets, LocalDetector::Cidr("10.244.0.0/16".parse().unwrap()));
         Iptables::new(Backend::Nft, Family::V4).sync(&spec).unwrap();

@@ -38,6 +38,29 @@ impl SetType {
             SetType::BitmapPort => "bitmap:port",
         }
     }
+
+    /// Reads a type as `ipset` names it; `None` for a type kipvs does not use.
+    pub fn parse(s: &str) -> Option<SetType> {
+        Some(match s {
+            "hash:ip" => SetType::HashIp,
+            "hash:ip,port" => SetType::HashIpPort,
+            "hash:ip,port,ip" => SetType::HashIpPortIp,
+            "hash:ip,port,net" => SetType::HashIpPortNet,
+            "bitmap:port" => SetType::BitmapPort,
+            _ => return None,
+        })
+    }
+
+    /// Whether sets of this type have an address family (`bitmap:port` has none).
+    pub fn has_family(self) -> bool {
+        self != SetType::BitmapPort
+    }
+}
+
+impl fmt::Display for SetType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One of kube-proxy's ipsets, without its family.
@@ -257,12 +280,23 @@ pub enum Member {
     },
 }
 
-fn proto_lower(p: Protocol) -> &'static str {
+/// A protocol as ipset and iptables spell it (`tcp`, `udp`, `sctp`).
+pub fn protocol_name(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
         Protocol::Sctp => "sctp",
     }
+}
+
+/// Reads a protocol as ipset and iptables spell it; `None` for any other.
+fn parse_protocol(s: &str) -> Option<Protocol> {
+    Some(match s {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        "sctp" => Protocol::Sctp,
+        _ => return None,
+    })
 }
 
 impl fmt::Display for Member {
@@ -271,20 +305,20 @@ impl fmt::Display for Member {
             Member::Ip(ip) => write!(f, "{ip}"),
             Member::Port(port) => write!(f, "{port}"),
             Member::IpPort { ip, protocol, port } => {
-                write!(f, "{ip},{}:{port}", proto_lower(*protocol))
+                write!(f, "{ip},{}:{port}", protocol_name(*protocol))
             }
             Member::IpPortIp {
                 ip,
                 protocol,
                 port,
                 ip2,
-            } => write!(f, "{ip},{}:{port},{ip2}", proto_lower(*protocol)),
+            } => write!(f, "{ip},{}:{port},{ip2}", protocol_name(*protocol)),
             Member::IpPortNet {
                 ip,
                 protocol,
                 port,
                 net,
-            } => write!(f, "{ip},{}:{port},{net}", proto_lower(*protocol)),
+            } => write!(f, "{ip},{}:{port},{net}", protocol_name(*protocol)),
         }
     }
 }
@@ -300,6 +334,28 @@ pub struct BadMember {
 }
 
 impl Member {
+    /// The set type this member belongs in.
+    pub fn set_type(&self) -> SetType {
+        match self {
+            Member::Ip(_) => SetType::HashIp,
+            Member::Port(_) => SetType::BitmapPort,
+            Member::IpPort { .. } => SetType::HashIpPort,
+            Member::IpPortIp { .. } => SetType::HashIpPortIp,
+            Member::IpPortNet { .. } => SetType::HashIpPortNet,
+        }
+    }
+
+    /// Whether every address in the member is of `family` (always true for a port).
+    pub fn is_family(&self, family: Family) -> bool {
+        let of = |ip: &IpAddr| Family::of(ip) == family;
+        match self {
+            Member::Ip(ip) | Member::IpPort { ip, .. } => of(ip),
+            Member::IpPortIp { ip, ip2, .. } => of(ip) && of(ip2),
+            Member::IpPortNet { ip, net, .. } => of(ip) && of(&net.addr()),
+            Member::Port(_) => true,
+        }
+    }
+
     /// Reads a member as `ipset list` prints it, for a set of type `set_type`.
     ///
     /// Fails when the text does not have the shape of the type.
@@ -311,13 +367,7 @@ impl Member {
         let parts: Vec<&str> = text.trim().split(',').collect();
         let proto_port = |s: &str| -> Option<(Protocol, u16)> {
             let (proto, port) = s.split_once(':')?;
-            let protocol = match proto {
-                "tcp" => Protocol::Tcp,
-                "udp" => Protocol::Udp,
-                "sctp" => Protocol::Sctp,
-                _ => return None,
-            };
-            Some((protocol, port.parse().ok()?))
+            Some((parse_protocol(proto)?, port.parse().ok()?))
         };
         let member = match (set_type, parts.as_slice()) {
             (SetType::HashIp, [ip]) => Member::Ip(ip.parse().map_err(|_| bad())?),
@@ -422,5 +472,25 @@ mod tests {
         }
         assert!(Member::parse(SetType::HashIpPort, "10.96.0.1").is_err());
         assert!(Member::parse(SetType::HashIpPort, "10.96.0.1,icmp:0").is_err());
+    }
+
+    #[test]
+    fn members_know_their_set_type_and_family() {
+        for (set_type, text) in [
+            (SetType::HashIp, "10.96.0.1"),
+            (SetType::BitmapPort, "30080"),
+            (SetType::HashIpPort, "fd00::1,udp:53"),
+            (SetType::HashIpPortIp, "10.244.0.5,sctp:8080,10.244.0.5"),
+            (SetType::HashIpPortNet, "fd00::7,tcp:443,fd00:1::/64"),
+        ] {
+            let m = Member::parse(set_type, text).unwrap();
+            assert_eq!(m.set_type(), set_type, "{text}");
+            assert_eq!(SetType::parse(&set_type.to_string()), Some(set_type));
+        }
+        let mixed = Member::parse(SetType::HashIpPortIp, "10.0.0.1,tcp:80,fd00::1").unwrap();
+        assert!(!mixed.is_family(Family::V4) && !mixed.is_family(Family::V6));
+        assert!(Member::Port(80).is_family(Family::V6));
+        assert!(!SetType::BitmapPort.has_family());
+        assert_eq!(SetType::parse("list:set"), None);
     }
 }

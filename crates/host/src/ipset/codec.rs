@@ -6,9 +6,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
-use super::model::{Entry, Protocol, SetKind};
+use kipvs_ipvs::{Family, Protocol};
+use kipvs_proxy::{Member, SetType};
+
 use super::plan::{ObservedSet, SetHeader};
-use crate::Family;
 
 /// `NFNL_SUBSYS_IPSET`.
 pub const SUBSYS_IPSET: u16 = 6;
@@ -79,6 +80,24 @@ const NFGENMSG_LEN: usize = 4;
 
 fn align(n: usize) -> usize {
     (n + 3) & !3
+}
+
+/// The protocol's number (`IPPROTO_*`), as ipset members and the `ipvs` match carry it.
+pub(crate) fn ipproto(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
+fn from_ipproto(n: u8) -> Option<Protocol> {
+    match n {
+        6 => Some(Protocol::Tcp),
+        17 => Some(Protocol::Udp),
+        132 => Some(Protocol::Sctp),
+        _ => None,
+    }
 }
 
 fn u32_len(n: usize) -> u32 {
@@ -179,20 +198,20 @@ impl Request {
     }
 
     /// Type and family, for a TYPE query.
-    pub fn type_query(mut self, kind: SetKind, family: Family) -> Request {
-        self.put_str(ATTR_TYPENAME, kind.as_str());
-        self.put(ATTR_FAMILY, &[nfproto(kind, family)]);
+    pub fn type_query(mut self, set_type: SetType, family: Family) -> Request {
+        self.put_str(ATTR_TYPENAME, set_type.as_str());
+        self.put(ATTR_FAMILY, &[nfproto(set_type, family)]);
         self
     }
 
     /// The body of a CREATE.
     pub fn create(mut self, header: &SetHeader, revision: u8) -> Request {
         self.put_str(ATTR_SETNAME, &header.name);
-        self.put_str(ATTR_TYPENAME, header.kind.as_str());
+        self.put_str(ATTR_TYPENAME, header.set_type.as_str());
         self.put(ATTR_REVISION, &[revision]);
-        self.put(ATTR_FAMILY, &[nfproto(header.kind, header.family)]);
+        self.put(ATTR_FAMILY, &[nfproto(header.set_type, header.family)]);
         self.begin(ATTR_DATA);
-        if header.kind == SetKind::BitmapPort {
+        if header.set_type == SetType::BitmapPort {
             self.put_port(ATTR_PORT, 0);
             self.put_port(ATTR_PORT_TO, u16::MAX);
         } else {
@@ -218,34 +237,39 @@ impl Request {
     }
 
     /// Appends one member to an open ADT container.
-    pub fn entry(&mut self, entry: &Entry) {
+    pub fn entry(&mut self, member: &Member) {
         self.begin(ATTR_DATA);
-        let proto = |p: Protocol| match p {
-            Protocol::Tcp => 6u8,
-            Protocol::Udp => 17,
-            Protocol::Sctp => 132,
-        };
-        match *entry {
-            Entry::Ip(ip) => self.put_ip(ATTR_IP, ip),
-            Entry::IpPort(ip, p, port) => {
+        match *member {
+            Member::Ip(ip) => self.put_ip(ATTR_IP, ip),
+            Member::IpPort { ip, protocol, port } => {
                 self.put_ip(ATTR_IP, ip);
                 self.put_port(ATTR_PORT, port);
-                self.put(ATTR_PROTO, &[proto(p)]);
+                self.put(ATTR_PROTO, &[ipproto(protocol)]);
             }
-            Entry::IpPortIp(ip, p, port, ip2) => {
+            Member::IpPortIp {
+                ip,
+                protocol,
+                port,
+                ip2,
+            } => {
                 self.put_ip(ATTR_IP, ip);
                 self.put_port(ATTR_PORT, port);
-                self.put(ATTR_PROTO, &[proto(p)]);
+                self.put(ATTR_PROTO, &[ipproto(protocol)]);
                 self.put_ip(ATTR_IP2, ip2);
             }
-            Entry::IpPortNet(ip, p, port, net) => {
+            Member::IpPortNet {
+                ip,
+                protocol,
+                port,
+                net,
+            } => {
                 self.put_ip(ATTR_IP, ip);
                 self.put_port(ATTR_PORT, port);
-                self.put(ATTR_PROTO, &[proto(p)]);
+                self.put(ATTR_PROTO, &[ipproto(protocol)]);
                 self.put_ip(ATTR_IP2, net.addr());
                 self.put(ATTR_CIDR2, &[net.prefix_len()]);
             }
-            Entry::Port(port) => self.put_port(ATTR_PORT, port),
+            Member::Port(port) => self.put_port(ATTR_PORT, port),
         }
         self.end();
     }
@@ -261,8 +285,8 @@ impl Request {
     }
 }
 
-fn nfproto(kind: SetKind, family: Family) -> u8 {
-    if !kind.has_family() {
+fn nfproto(set_type: SetType, family: Family) -> u8 {
+    if !set_type.has_family() {
         return NFPROTO_UNSPEC;
     }
     match family {
@@ -359,32 +383,39 @@ fn ip(v: &[u8]) -> Option<IpAddr> {
     }
 }
 
-/// Decodes one DATA member of a set of `kind`.
-pub fn decode_entry(kind: SetKind, data: &[u8]) -> Option<Entry> {
-    let proto = || {
-        Some(match *find(data, ATTR_PROTO)?.first()? {
-            6 => Protocol::Tcp,
-            17 => Protocol::Udp,
-            132 => Protocol::Sctp,
-            _ => return None,
-        })
-    };
+/// Decodes one DATA member of a set of `set_type`.
+pub fn decode_entry(set_type: SetType, data: &[u8]) -> Option<Member> {
+    let protocol = || from_ipproto(*find(data, ATTR_PROTO)?.first()?);
     let port = || be_u16(find(data, ATTR_PORT)?);
     let ip1 = || ip(find(data, ATTR_IP)?);
     let ip2 = || ip(find(data, ATTR_IP2)?);
-    Some(match kind {
-        SetKind::HashIp => Entry::Ip(ip1()?),
-        SetKind::HashIpPort => Entry::IpPort(ip1()?, proto()?, port()?),
-        SetKind::HashIpPortIp => Entry::IpPortIp(ip1()?, proto()?, port()?, ip2()?),
-        SetKind::HashIpPortNet => {
+    Some(match set_type {
+        SetType::HashIp => Member::Ip(ip1()?),
+        SetType::HashIpPort => Member::IpPort {
+            ip: ip1()?,
+            protocol: protocol()?,
+            port: port()?,
+        },
+        SetType::HashIpPortIp => Member::IpPortIp {
+            ip: ip1()?,
+            protocol: protocol()?,
+            port: port()?,
+            ip2: ip2()?,
+        },
+        SetType::HashIpPortNet => {
             let addr = ip2()?;
             let prefix = match find(data, ATTR_CIDR2).and_then(|v| v.first().copied()) {
                 Some(p) => p,
                 None => IpNet::from(addr).max_prefix_len(),
             };
-            Entry::ip_port_net(ip1()?, proto()?, port()?, IpNet::new(addr, prefix).ok()?)
+            Member::IpPortNet {
+                ip: ip1()?,
+                protocol: protocol()?,
+                port: port()?,
+                net: IpNet::new(addr, prefix).ok()?.trunc(),
+            }
         }
-        SetKind::BitmapPort => Entry::Port(port()?),
+        SetType::BitmapPort => Member::Port(port()?),
     })
 }
 
@@ -397,9 +428,9 @@ pub fn decode_list(
 ) -> Option<()> {
     let body = payload.get(NFGENMSG_LEN..)?;
     let name = c_string(find(body, ATTR_SETNAME)?)?.to_owned();
-    let kind = find(body, ATTR_TYPENAME)
+    let set_type = find(body, ATTR_TYPENAME)
         .and_then(c_string)
-        .and_then(SetKind::parse);
+        .and_then(SetType::parse);
     let family = match find(body, ATTR_FAMILY).and_then(|v| v.first().copied()) {
         Some(NFPROTO_IPV4) => Some(Family::V4),
         Some(NFPROTO_IPV6) => Some(Family::V6),
@@ -409,7 +440,7 @@ pub fn decode_list(
         .and_then(|d| find(d, ATTR_MAXELEM))
         .and_then(be_u32);
     let set = sets.entry(name.clone()).or_insert_with(|| ObservedSet {
-        kind,
+        set_type,
         family,
         maxelem,
         members: Default::default(),
@@ -417,10 +448,10 @@ pub fn decode_list(
     if set.maxelem.is_none() {
         set.maxelem = maxelem;
     }
-    if let (Some(kind), true, Some(adt)) = (set.kind, wanted(&name), find(body, ATTR_ADT)) {
+    if let (Some(set_type), true, Some(adt)) = (set.set_type, wanted(&name), find(body, ATTR_ADT)) {
         for (ty, data) in attrs(adt) {
             if ty == ATTR_DATA {
-                set.members.insert(decode_entry(kind, data)?);
+                set.members.insert(decode_entry(set_type, data)?);
             }
         }
     }
@@ -444,7 +475,12 @@ mod tests {
         let mut r = Request::new(Cmd::Add, NLM_F_REQUEST | NLM_F_ACK, 7)
             .set_name("S")
             .begin_adt();
-        r.entry(&Entry::IpPort(ip, Protocol::Tcp, 443));
+        let member = Member::IpPort {
+            ip,
+            protocol: Protocol::Tcp,
+            port: 443,
+        };
+        r.entry(&member);
         let bytes = r.finish();
         assert_eq!(
             usize::try_from(u32::from_ne_bytes(bytes[0..4].try_into().unwrap())).unwrap(),
@@ -461,28 +497,46 @@ mod tests {
         let (ty, data) = attrs(adt).next().unwrap();
         assert_eq!(ty, ATTR_DATA);
         assert_eq!(be_u16(find(data, ATTR_PORT).unwrap()), Some(443));
-        assert_eq!(
-            decode_entry(SetKind::HashIpPort, data),
-            Some(Entry::IpPort(ip, Protocol::Tcp, 443))
-        );
+        assert_eq!(decode_entry(SetType::HashIpPort, data), Some(member));
     }
 
     #[test]
-    fn every_entry_kind_decodes_back_to_itself() {
+    fn every_member_type_decodes_back_to_itself() {
         let a: IpAddr = "fd00::1".parse().unwrap();
         let b: IpAddr = "10.0.0.1".parse().unwrap();
-        for entry in [
-            Entry::Ip(a),
-            Entry::IpPortIp(b, Protocol::Sctp, 80, b),
-            Entry::ip_port_net(a, Protocol::Udp, 53, "fd00:1::/64".parse().unwrap()),
-            Entry::Port(30080),
+        for member in [
+            Member::Ip(a),
+            Member::IpPort {
+                ip: b,
+                protocol: Protocol::Udp,
+                port: 53,
+            },
+            Member::IpPortIp {
+                ip: b,
+                protocol: Protocol::Sctp,
+                port: 80,
+                ip2: b,
+            },
+            Member::IpPortNet {
+                ip: a,
+                protocol: Protocol::Udp,
+                port: 53,
+                net: "fd00:1::/64".parse().unwrap(),
+            },
+            Member::IpPortNet {
+                ip: b,
+                protocol: Protocol::Tcp,
+                port: 80,
+                net: "10.1.2.3/32".parse().unwrap(),
+            },
+            Member::Port(30080),
         ] {
             let mut r = Request::new(Cmd::Add, 0, 1).begin_adt();
-            r.entry(&entry);
+            r.entry(&member);
             let bytes = r.finish();
             let body = &bytes[NLMSG_HDRLEN + NFGENMSG_LEN..];
             let (_, data) = attrs(find(body, ATTR_ADT).unwrap()).next().unwrap();
-            assert_eq!(decode_entry(entry.kind(), data), Some(entry));
+            assert_eq!(decode_entry(member.set_type(), data), Some(member));
         }
     }
 }

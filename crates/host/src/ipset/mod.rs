@@ -1,7 +1,12 @@
-//! ipsets: kube-proxy's sets (names, types), their members, and their convergence.
+//! ipsets: converging kube-proxy's sets in the kernel.
 //!
-//! - [`KubeSets`]: the input. The binary inserts [`Entry`]s into the [`KubeSet`]s of one
-//!   address family; every kube-proxy set exists, empty or not.
+//! The vocabulary is the proxy core's: [`kipvs_proxy::SetKind`] and
+//! [`kipvs_proxy::SetName`] (the catalog: names, types, comments),
+//! [`kipvs_proxy::SetType`] and [`kipvs_proxy::Member`]. This module adds what only the
+//! executor needs: sizing, the diff against the kernel, and the two ways to talk to it.
+//!
+//! - [`KubeSets`]: the input. The caller inserts [`kipvs_proxy::Member`]s into the sets
+//!   of one address family; every kube-proxy set exists, empty or not.
 //! - [`plan_sets`]: the diff (pure): desired [`SetSpec`]s against the [`ObservedSet`]s
 //!   read from the kernel give the [`SetOp`]s to run: create what is missing, add what is
 //!   missing, delete what is stale, regrow a set that is too small by filling a
@@ -20,7 +25,8 @@ pub mod netlink;
 mod plan;
 pub mod text;
 
-pub use catalog::{KubeSet, KubeSets};
+pub use catalog::KubeSets;
 pub use exec::{sync_sets, sync_sets_with_tool, SyncReport};
-pub use model::{Entry, Protocol, SetKind, SetSpec, MAX_NAME_LEN};
+pub use model::{ipset_family, SetSpec};
+pub(crate) use plan::temp_name;
 pub use plan::{plan_sets, sizing, ObservedSet, SetHeader, SetOp};

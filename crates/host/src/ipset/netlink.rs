@@ -8,9 +8,11 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use super::codec::{
     self, Cmd, Request, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
-use super::model::SetKind;
+use kipvs_ipvs::Family;
+use kipvs_proxy::SetType;
+
 use super::plan::{ObservedSet, SetOp};
-use crate::{Error, Family, Result};
+use crate::{Error, Result};
 
 /// How many bytes of members go in one ADD/DEL message (well under the socket buffer).
 const BATCH_BYTES: usize = 48 * 1024;
@@ -21,7 +23,7 @@ pub struct IpsetSocket {
     socket: Socket,
     seq: u32,
     buf: Vec<u8>,
-    revisions: BTreeMap<(SetKind, Family), u8>,
+    revisions: BTreeMap<(SetType, Family), u8>,
 }
 
 fn errno_message(errno: i32) -> String {
@@ -123,25 +125,25 @@ impl IpsetSocket {
         Ok(sets)
     }
 
-    /// The newest revision of `kind` the kernel supports, for creating sets.
-    fn revision(&mut self, kind: SetKind, family: Family) -> Result<u8> {
-        if let Some(r) = self.revisions.get(&(kind, family)) {
+    /// The newest revision of `set_type` the kernel supports, for creating sets.
+    fn revision(&mut self, set_type: SetType, family: Family) -> Result<u8> {
+        if let Some(r) = self.revisions.get(&(set_type, family)) {
             return Ok(*r);
         }
         let seq = self.next_seq();
         let req = Request::new(Cmd::Type, NLM_F_REQUEST | NLM_F_ACK, seq)
-            .type_query(kind, family)
+            .type_query(set_type, family)
             .finish();
-        let replies = self.exchange(&req, seq, "query type", kind.as_str())?;
+        let replies = self.exchange(&req, seq, "query type", set_type.as_str())?;
         let revision = replies
             .iter()
             .find_map(|p| codec::decode_type_revision(p))
             .ok_or_else(|| Error::Parse {
                 what: "ipset type reply",
                 line: 0,
-                text: kind.as_str().to_owned(),
+                text: set_type.as_str().to_owned(),
             })?;
-        self.revisions.insert((kind, family), revision);
+        self.revisions.insert((set_type, family), revision);
         Ok(revision)
     }
 
@@ -167,7 +169,7 @@ impl IpsetSocket {
         while i < ops.len() {
             match &ops[i] {
                 SetOp::Create(h) => {
-                    let revision = self.revision(h.kind, h.family)?;
+                    let revision = self.revision(h.set_type, h.family)?;
                     self.simple(
                         "create set",
                         &h.name,

@@ -2,8 +2,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::model::{Entry, SetKind, SetSpec};
-use crate::Family;
+use kipvs_ipvs::Family;
+use kipvs_proxy::{Member, SetName, SetType};
+
+use super::model::SetSpec;
 
 /// kube-proxy's defaults, kept as the floor.
 const MIN_HASHSIZE: u32 = 1024;
@@ -15,7 +17,7 @@ pub struct SetHeader {
     /// The set's name.
     pub name: String,
     /// Its type.
-    pub kind: SetKind,
+    pub set_type: SetType,
     /// Its family (ignored for `bitmap:port`).
     pub family: Family,
     /// Initial hash size (hash types only; the kernel grows it as needed).
@@ -28,13 +30,13 @@ pub struct SetHeader {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObservedSet {
     /// Its type; `None` for a type kipvs does not use.
-    pub kind: Option<SetKind>,
+    pub set_type: Option<SetType>,
     /// Its family; `None` when it has none (bitmaps) or it was not understood.
     pub family: Option<Family>,
     /// Its `maxelem`, for hash types.
     pub maxelem: Option<u32>,
     /// Its members.
-    pub members: BTreeSet<Entry>,
+    pub members: BTreeSet<Member>,
 }
 
 /// One ipset operation.
@@ -43,9 +45,9 @@ pub enum SetOp {
     /// Create a set.
     Create(SetHeader),
     /// Add a member.
-    Add(String, Entry),
+    Add(String, Member),
     /// Delete a member.
-    Del(String, Entry),
+    Del(String, Member),
     /// Exchange two sets' contents (and names); iptables rules keep matching by name.
     Swap(String, String),
     /// Destroy a set.
@@ -68,19 +70,31 @@ pub fn sizing(members: usize) -> (u32, u32) {
     (hashsize, maxelem)
 }
 
-fn header(spec: &SetSpec, name: String) -> SetHeader {
-    let (hashsize, maxelem) = sizing(spec.members().len());
-    SetHeader {
-        name,
-        kind: spec.kind(),
-        family: spec.family(),
-        hashsize,
-        maxelem,
+impl SetHeader {
+    /// The header of a set named `name`, sized (see [`sizing`]) for `members` members.
+    pub fn sized(name: String, set_type: SetType, family: Family, members: usize) -> SetHeader {
+        let (hashsize, maxelem) = sizing(members);
+        SetHeader {
+            name,
+            set_type,
+            family,
+            hashsize,
+            maxelem,
+        }
+    }
+
+    /// The header of one of kube-proxy's sets, sized for `members` members.
+    pub fn of(set: SetName, members: usize) -> SetHeader {
+        SetHeader::sized(set.to_string(), set.kind.set_type(), set.family, members)
     }
 }
 
+fn header(spec: &SetSpec, name: String) -> SetHeader {
+    SetHeader::sized(name, spec.set_type(), spec.family(), spec.members().len())
+}
+
 /// A temporary set name for regrowing the `index`-th desired set (31 characters at most).
-fn temp_name(index: usize) -> String {
+pub(crate) fn temp_name(index: usize) -> String {
     format!("KIPVS-TMP-{index}")
 }
 
@@ -105,9 +119,9 @@ pub fn plan_sets(desired: &[SetSpec], observed: &BTreeMap<String, ObservedSet>) 
             ops.extend(spec.members().iter().map(|e| SetOp::Add(name.clone(), *e)));
             continue;
         };
-        let same_type = current.kind == Some(spec.kind())
-            && (!spec.kind().has_family() || current.family == Some(spec.family()));
-        let fits = !spec.kind().has_family()
+        let same_type = current.set_type == Some(spec.set_type())
+            && (!spec.set_type().has_family() || current.family == Some(spec.family()));
+        let fits = !spec.set_type().has_family()
             || current
                 .maxelem
                 .is_some_and(|max| usize::try_from(max).is_ok_and(|m| m >= spec.members().len()));
@@ -140,17 +154,21 @@ pub fn plan_sets(desired: &[SetSpec], observed: &BTreeMap<String, ObservedSet>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipset::Protocol;
-    use std::net::IpAddr;
+    use kipvs_ipvs::Protocol;
+    use kipvs_proxy::SetKind;
 
-    fn e(port: u16) -> Entry {
-        Entry::IpPort("10.96.0.1".parse::<IpAddr>().unwrap(), Protocol::Tcp, port)
+    fn e(port: u16) -> Member {
+        Member::IpPort {
+            ip: "10.96.0.1".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port,
+        }
     }
 
     fn spec(ports: &[u16]) -> SetSpec {
         SetSpec::try_new(
             "KUBE-CLUSTER-IP",
-            SetKind::HashIpPort,
+            SetType::HashIpPort,
             Family::V4,
             ports.iter().map(|p| e(*p)).collect(),
         )
@@ -161,7 +179,7 @@ mod tests {
         [(
             "KUBE-CLUSTER-IP".to_owned(),
             ObservedSet {
-                kind: Some(SetKind::HashIpPort),
+                set_type: Some(SetType::HashIpPort),
                 family: Some(Family::V4),
                 maxelem: Some(maxelem),
                 members: ports.iter().map(|p| e(*p)).collect(),
@@ -210,12 +228,20 @@ mod tests {
     }
 
     #[test]
+    fn catalog_headers_take_the_cores_name_and_type() {
+        let h = SetHeader::of(SetName::new(SetKind::NodePortUdp, Family::V6), 0);
+        assert_eq!(h.name, "KUBE-6-NODE-PORT-UDP");
+        assert_eq!(h.set_type, SetType::BitmapPort);
+        assert_eq!((h.hashsize, h.maxelem), sizing(0));
+    }
+
+    #[test]
     fn foreign_sets_never_appear_in_the_plan() {
         let mut kernel = observed(&[80], 65536);
         kernel.insert(
             "FOREIGN".into(),
             ObservedSet {
-                kind: None,
+                set_type: None,
                 family: None,
                 maxelem: None,
                 members: BTreeSet::new(),

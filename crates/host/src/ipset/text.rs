@@ -3,9 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use super::model::{Entry, SetKind};
+use kipvs_proxy::{Member, SetType};
+
+use super::model::{ipset_family, parse_ipset_family};
 use super::plan::{ObservedSet, SetHeader, SetOp};
-use crate::{Error, Family, Result};
+use crate::{Error, Result};
 
 /// Parses `ipset save` output into the sets it names, keeping members only for the sets
 /// `wanted` says yes to (the others are listed with no members).
@@ -28,18 +30,12 @@ pub fn parse_save(
         match words.next() {
             Some("create") => {
                 let name = words.next().ok_or_else(|| bad(n + 1, line))?;
-                let kind = words.next().and_then(SetKind::parse);
+                let set_type = words.next().and_then(SetType::parse);
                 let mut family = None;
                 let mut maxelem = None;
                 while let Some(word) = words.next() {
                     match word {
-                        "family" => {
-                            family = match words.next() {
-                                Some("inet") => Some(Family::V4),
-                                Some("inet6") => Some(Family::V6),
-                                _ => None,
-                            }
-                        }
+                        "family" => family = words.next().and_then(parse_ipset_family),
                         "maxelem" => maxelem = words.next().and_then(|m| m.parse().ok()),
                         _ => {}
                     }
@@ -47,7 +43,7 @@ pub fn parse_save(
                 sets.insert(
                     name.to_owned(),
                     ObservedSet {
-                        kind,
+                        set_type,
                         family,
                         maxelem,
                         members: BTreeSet::new(),
@@ -61,9 +57,11 @@ pub fn parse_save(
                     continue;
                 }
                 let set = sets.get_mut(name).ok_or_else(|| bad(n + 1, line))?;
-                let Some(kind) = set.kind else { continue };
-                let entry = Entry::parse(kind, member).ok_or_else(|| bad(n + 1, line))?;
-                set.members.insert(entry);
+                let Some(set_type) = set.set_type else {
+                    continue;
+                };
+                let member = Member::parse(set_type, member).map_err(|_| bad(n + 1, line))?;
+                set.members.insert(member);
             }
             None => {}
             Some(_) => return Err(bad(n + 1, line)),
@@ -74,13 +72,13 @@ pub fn parse_save(
 
 /// The `create` arguments for a set.
 fn create_args(h: &SetHeader) -> String {
-    match h.kind {
-        SetKind::BitmapPort => format!("{} bitmap:port range 0-65535", h.name),
-        kind => format!(
+    match h.set_type {
+        SetType::BitmapPort => format!("{} bitmap:port range 0-65535", h.name),
+        set_type => format!(
             "{} {} family {} hashsize {} maxelem {}",
             h.name,
-            kind,
-            h.family.ipset_name(),
+            set_type,
+            ipset_family(h.family),
             h.hashsize,
             h.maxelem
         ),
@@ -107,7 +105,7 @@ pub fn render_restore(ops: &[SetOp]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipset::Protocol;
+    use kipvs_ipvs::{Family, Protocol};
 
     // Captured from `ipset save` (ipset v7.17) in a test namespace.
     const SAVE: &str = "\
@@ -126,22 +124,28 @@ add FOREIGN KUBE-NODE-PORT-TCP
     fn ipset_save_output_parses_into_typed_sets() {
         let sets = parse_save(SAVE, |n| n.starts_with("KUBE-")).unwrap();
         let cidr = &sets["KUBE-LOAD-BALANCER-SOURCE-CIDR"];
-        assert_eq!(cidr.kind, Some(SetKind::HashIpPortNet));
+        assert_eq!(cidr.set_type, Some(SetType::HashIpPortNet));
         assert_eq!(cidr.family, Some(Family::V4));
         assert_eq!(cidr.maxelem, Some(65536));
         assert_eq!(cidr.members.len(), 2);
         assert_eq!(
             sets["KUBE-NODE-PORT-TCP"].members,
-            [Entry::Port(30080)].into()
+            [Member::Port(30080)].into()
         );
         let lb = &sets["KUBE-6-LOOP-BACK"];
         assert_eq!(lb.maxelem, Some(131_072));
         let ip = "fd00::1".parse().unwrap();
         assert_eq!(
             lb.members,
-            [Entry::IpPortIp(ip, Protocol::Sctp, 80, ip)].into()
+            [Member::IpPortIp {
+                ip,
+                protocol: Protocol::Sctp,
+                port: 80,
+                ip2: ip
+            }]
+            .into()
         );
-        assert_eq!(sets["FOREIGN"].kind, None);
+        assert_eq!(sets["FOREIGN"].set_type, None);
         assert!(sets["FOREIGN"].members.is_empty());
     }
 
@@ -151,23 +155,27 @@ add FOREIGN KUBE-NODE-PORT-TCP
         let ops = [
             SetOp::Create(SetHeader {
                 name: "KUBE-CLUSTER-IP".into(),
-                kind: SetKind::HashIpPort,
+                set_type: SetType::HashIpPort,
                 family: Family::V4,
                 hashsize: 1024,
                 maxelem: 65536,
             }),
             SetOp::Create(SetHeader {
                 name: "KUBE-NODE-PORT-UDP".into(),
-                kind: SetKind::BitmapPort,
+                set_type: SetType::BitmapPort,
                 family: Family::V4,
                 hashsize: 1024,
                 maxelem: 65536,
             }),
             SetOp::Add(
                 "KUBE-CLUSTER-IP".into(),
-                Entry::IpPort(ip, Protocol::Udp, 53),
+                Member::IpPort {
+                    ip,
+                    protocol: Protocol::Udp,
+                    port: 53,
+                },
             ),
-            SetOp::Del("KUBE-NODE-PORT-UDP".into(), Entry::Port(30053)),
+            SetOp::Del("KUBE-NODE-PORT-UDP".into(), Member::Port(30053)),
             SetOp::Swap("A".into(), "B".into()),
             SetOp::Destroy("A".into()),
         ];

@@ -5,8 +5,9 @@
 
 use std::path::Path;
 
+use kipvs_ipvs::Family;
+
 use crate::cmd::run;
-use crate::Family;
 
 /// An iptables backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

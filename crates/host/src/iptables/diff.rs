@@ -196,7 +196,7 @@ mod tests {
     use crate::ipset::KubeSets;
     use crate::iptables::render::render;
     use crate::iptables::{RuleConfig, RuleSpec};
-    use crate::Family;
+    use kipvs_ipvs::Family;
 
     fn desired() -> Ruleset {
         render(&RuleSpec::new(

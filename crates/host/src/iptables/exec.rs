@@ -6,7 +6,9 @@ use super::diff::{cleanup_input, parse_save, restore_input, Observed};
 use super::render::render;
 use super::spec::RuleSpec;
 use crate::cmd::run;
-use crate::{Family, Result};
+use kipvs_ipvs::Family;
+
+use crate::Result;
 
 /// One family's iptables (`iptables` or `ip6tables`) on one backend.
 #[derive(Debug, Clone)]
@@ -53,7 +55,7 @@ impl Iptables {
             return Ok(false);
         };
         run(&self.restore, &["--noflush", "--counters"], Some(&input))?;
-        tracing::info!(family = %self.family, "iptables rules written");
+        tracing::info!(family = ?self.family, "iptables rules written");
         Ok(true)
     }
 
@@ -67,7 +69,7 @@ impl Iptables {
             return Ok(false);
         };
         run(&self.restore, &["--noflush"], Some(&input))?;
-        tracing::info!(family = %self.family, "iptables rules removed");
+        tracing::info!(family = ?self.family, "iptables rules removed");
         Ok(true)
     }
 }

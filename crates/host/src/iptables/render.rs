@@ -6,9 +6,12 @@
 
 use std::fmt;
 
+use kipvs_ipvs::{Family, Protocol};
+use kipvs_proxy::ipset::protocol_name;
+use kipvs_proxy::{SetKind, SetName};
+
 use super::spec::RuleSpec;
-use crate::ipset::{KubeSet, Protocol};
-use crate::Family;
+use crate::ipset::codec::ipproto;
 
 /// An iptables table kipvs writes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -161,10 +164,10 @@ pub fn jumps() -> Vec<Jump> {
 /// Renders kube-proxy's ipvs-mode ruleset for `spec`.
 pub fn render(spec: &RuleSpec) -> Ruleset {
     let family = spec.family;
-    let name = |set: KubeSet| set.name(family);
-    let set_match = |set: KubeSet, dirs: &str| format!("-m set --match-set {} {dirs}", name(set));
+    let name = |set: SetKind| SetName::new(set, family);
+    let set_match = |set: SetKind, dirs: &str| format!("-m set --match-set {} {dirs}", name(set));
     let commented =
-        |set: KubeSet, dirs: &str| format!("{} {}", comment(set.comment()), set_match(set, dirs));
+        |set: SetKind, dirs: &str| format!("{} {}", comment(set.comment()), set_match(set, dirs));
     let mark = spec.config.masquerade_bit.mark();
 
     let mut services = Vec::new();
@@ -182,37 +185,37 @@ pub fn render(spec: &RuleSpec) -> Ruleset {
     services.push(format!("-s {loopback} -j RETURN"));
 
     // Sets matched straight into a chain or target (kube-proxy's ipsetWithIptablesChain).
-    if spec.has(KubeSet::LoopBack) {
+    if spec.has(SetKind::LoopBack) {
         postrouting.push(format!(
             "{} -j MASQUERADE",
-            commented(KubeSet::LoopBack, "dst,dst,src")
+            commented(SetKind::LoopBack, "dst,dst,src")
         ));
     }
-    if spec.has(KubeSet::LoadBalancer) {
+    if spec.has(SetKind::LoadBalancer) {
         services.push(format!(
             "{} -j KUBE-LOAD-BALANCER",
-            commented(KubeSet::LoadBalancer, "dst,dst")
+            commented(SetKind::LoadBalancer, "dst,dst")
         ));
     }
-    if spec.has(KubeSet::LoadBalancerLocal) {
+    if spec.has(SetKind::LoadBalancerLocal) {
         load_balancer.push(format!(
             "{} -j RETURN",
-            commented(KubeSet::LoadBalancerLocal, "dst,dst")
+            commented(SetKind::LoadBalancerLocal, "dst,dst")
         ));
     }
     let node_ports = [
-        (KubeSet::NodePortLocalTcp, Protocol::Tcp, "dst", "RETURN"),
-        (KubeSet::NodePortTcp, Protocol::Tcp, "dst", "KUBE-MARK-MASQ"),
-        (KubeSet::NodePortLocalUdp, Protocol::Udp, "dst", "RETURN"),
-        (KubeSet::NodePortUdp, Protocol::Udp, "dst", "KUBE-MARK-MASQ"),
+        (SetKind::NodePortLocalTcp, Protocol::Tcp, "dst", "RETURN"),
+        (SetKind::NodePortTcp, Protocol::Tcp, "dst", "KUBE-MARK-MASQ"),
+        (SetKind::NodePortLocalUdp, Protocol::Udp, "dst", "RETURN"),
+        (SetKind::NodePortUdp, Protocol::Udp, "dst", "KUBE-MARK-MASQ"),
         (
-            KubeSet::NodePortLocalSctp,
+            SetKind::NodePortLocalSctp,
             Protocol::Sctp,
             "dst,dst",
             "RETURN",
         ),
         (
-            KubeSet::NodePortSctp,
+            SetKind::NodePortSctp,
             Protocol::Sctp,
             "dst,dst",
             "KUBE-MARK-MASQ",
@@ -221,20 +224,21 @@ pub fn render(spec: &RuleSpec) -> Ruleset {
     for (set, protocol, dirs, target) in node_ports {
         if spec.has(set) {
             nat_node_port.push(format!(
-                "-p {protocol} {} -j {target}",
+                "-p {} {} -j {target}",
+                protocol_name(protocol),
                 commented(set, dirs)
             ));
         }
     }
-    if spec.has(KubeSet::LoadBalancerFw) {
+    if spec.has(SetKind::LoadBalancerFw) {
         firewall.push(format!(
             "{} -j KUBE-SOURCE-RANGES-FIREWALL",
-            commented(KubeSet::LoadBalancerFw, "dst,dst")
+            commented(SetKind::LoadBalancerFw, "dst,dst")
         ));
     }
     for set in [
-        KubeSet::LoadBalancerSourceCidr,
-        KubeSet::LoadBalancerSourceIp,
+        SetKind::LoadBalancerSourceCidr,
+        SetKind::LoadBalancerSourceIp,
     ] {
         if spec.has(set) {
             source_ranges.push(format!("{} -j RETURN", commented(set, "dst,dst,src")));
@@ -243,9 +247,9 @@ pub fn render(spec: &RuleSpec) -> Ruleset {
 
     // ClusterIP masquerade: everything, or what is not local, or node-originated
     // traffic with a VIP source.
-    if spec.has(KubeSet::ClusterIp) {
-        let m = commented(KubeSet::ClusterIp, "dst,dst");
-        let m_src = commented(KubeSet::ClusterIp, "src,dst");
+    if spec.has(SetKind::ClusterIp) {
+        let m = commented(SetKind::ClusterIp, "dst,dst");
+        let m_src = commented(SetKind::ClusterIp, "src,dst");
         services.push(if spec.config.masquerade_all {
             format!("{m} -j KUBE-MARK-MASQ")
         } else if let Some(not_local) = spec.config.local_detector.if_not_local() {
@@ -261,13 +265,13 @@ pub fn render(spec: &RuleSpec) -> Ruleset {
         ));
         out.push(format!("{m} -m addrtype --dst-type LOCAL -j ACCEPT"));
     };
-    if spec.has(KubeSet::ExternalIp) {
-        let m = commented(KubeSet::ExternalIp, "dst,dst");
+    if spec.has(SetKind::ExternalIp) {
+        let m = commented(SetKind::ExternalIp, "dst,dst");
         services.push(format!("{m} -j KUBE-MARK-MASQ"));
         external_accepts(&m, &mut services);
     }
-    if spec.has(KubeSet::ExternalIpLocal) {
-        let m = commented(KubeSet::ExternalIpLocal, "dst,dst");
+    if spec.has(SetKind::ExternalIpLocal) {
+        let m = commented(SetKind::ExternalIpLocal, "dst,dst");
         external_accepts(&m, &mut services);
     }
     services.push("-m addrtype --dst-type LOCAL -j KUBE-NODE-PORT".to_owned());
@@ -281,24 +285,20 @@ pub fn render(spec: &RuleSpec) -> Ruleset {
     let out_filter = spec
         .no_node_access
         .iter()
-        .filter(|n| Family::of(n.ip) == family)
+        .filter(|n| Family::of(&n.addr) == family)
         .map(|n| {
-            let proto = match n.protocol {
-                Protocol::Tcp => 6,
-                Protocol::Udp => 17,
-                Protocol::Sctp => 132,
-            };
             format!(
-                "-s {} -m ipvs --vaddr {} --vproto {proto} --vport {} -j DROP",
-                host(n.ip),
-                host(n.ip),
+                "-s {} -m ipvs --vaddr {} --vproto {} --vport {} -j DROP",
+                host(n.addr),
+                host(n.addr),
+                ipproto(n.protocol),
                 n.port
             )
         })
         .collect();
 
     // Accept IPVS traffic, in case later rules would drop it.
-    for set in [KubeSet::ClusterIp, KubeSet::LoadBalancer] {
+    for set in [SetKind::ClusterIp, SetKind::LoadBalancer] {
         if spec.has(set) {
             services.push(format!("{} -j ACCEPT", set_match(set, "dst,dst")));
         }
@@ -316,27 +316,27 @@ pub fn render(spec: &RuleSpec) -> Ruleset {
     ];
     let filter_node_port = vec![format!(
         "{} -j ACCEPT",
-        commented(KubeSet::HealthCheckNodePort, "dst")
+        commented(SetKind::HealthCheckNodePort, "dst")
     )];
     let reject_with = match family {
         Family::V4 => "icmp-port-unreachable",
         Family::V6 => "icmp6-port-unreachable",
     };
     let ipvs_filter = vec![
-        format!("{} -j RETURN", set_match(KubeSet::LoadBalancer, "dst,dst")),
-        format!("{} -j RETURN", set_match(KubeSet::ClusterIp, "dst,dst")),
-        format!("{} -j RETURN", set_match(KubeSet::ExternalIp, "dst,dst")),
+        format!("{} -j RETURN", set_match(SetKind::LoadBalancer, "dst,dst")),
+        format!("{} -j RETURN", set_match(SetKind::ClusterIp, "dst,dst")),
+        format!("{} -j RETURN", set_match(SetKind::ExternalIp, "dst,dst")),
         format!(
             "{} -j RETURN",
-            set_match(KubeSet::ExternalIpLocal, "dst,dst")
+            set_match(SetKind::ExternalIpLocal, "dst,dst")
         ),
         format!(
             "{} -j RETURN",
-            set_match(KubeSet::HealthCheckNodePort, "dst")
+            set_match(SetKind::HealthCheckNodePort, "dst")
         ),
         format!(
             "-m conntrack --ctstate NEW {} -j REJECT --reject-with {reject_with}",
-            set_match(KubeSet::IpvsIps, "dst")
+            set_match(SetKind::IpvsIps, "dst")
         ),
     ];
 
@@ -378,8 +378,10 @@ pub fn render(spec: &RuleSpec) -> Ruleset {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipset::{Entry, KubeSets};
+    use crate::ipset::KubeSets;
     use crate::iptables::{LocalDetector, RuleConfig};
+    use kipvs_proxy::translate::NoNodeAccess;
+    use kipvs_proxy::Member;
 
     fn chain<'a>(set: &'a Ruleset, table: Table, name: &str) -> &'a [String] {
         &set.chains
@@ -389,7 +391,7 @@ mod tests {
             .rules
     }
 
-    fn spec_with(sets: &[KubeSet], config: RuleConfig) -> RuleSpec {
+    fn spec_with(sets: &[SetKind], config: RuleConfig) -> RuleSpec {
         let mut s = RuleSpec::new(&KubeSets::new(Family::V4), config);
         s.nonempty = sets.iter().copied().collect();
         s
@@ -431,23 +433,23 @@ mod tests {
             masquerade_all: true,
             ..RuleConfig::default()
         };
-        let rules = render(&spec_with(&[KubeSet::ClusterIp], all));
+        let rules = render(&spec_with(&[SetKind::ClusterIp], all));
         assert!(chain(&rules, Table::Nat, "KUBE-SERVICES")[1]
             .ends_with("--match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ"));
         let cidr = RuleConfig {
             local_detector: LocalDetector::Cidr("10.244.0.0/16".parse().unwrap()),
             ..RuleConfig::default()
         };
-        let rules = render(&spec_with(&[KubeSet::ClusterIp], cidr));
+        let rules = render(&spec_with(&[SetKind::ClusterIp], cidr));
         assert!(chain(&rules, Table::Nat, "KUBE-SERVICES")[1]
             .starts_with("! -s 10.244.0.0/16 -m comment"));
-        let none = render(&spec_with(&[KubeSet::ClusterIp], RuleConfig::default()));
+        let none = render(&spec_with(&[SetKind::ClusterIp], RuleConfig::default()));
         assert!(chain(&none, Table::Nat, "KUBE-SERVICES")[1].contains("KUBE-CLUSTER-IP src,dst"));
     }
 
     #[test]
     fn hairpin_masquerade_comes_first_in_postrouting_when_loop_back_has_members() {
-        let rules = render(&spec_with(&[KubeSet::LoopBack], RuleConfig::default()));
+        let rules = render(&spec_with(&[SetKind::LoopBack], RuleConfig::default()));
         assert_eq!(
             chain(&rules, Table::Nat, "KUBE-POSTROUTING")[0],
             "-m comment --comment \"Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose\" -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE"
@@ -476,8 +478,12 @@ mod tests {
     fn ipv6_rules_name_the_kube_6_sets() {
         let mut sets = KubeSets::new(Family::V6);
         let vip = "fd00::1".parse().unwrap();
-        sets.insert(KubeSet::ClusterIp, Entry::IpPort(vip, Protocol::Tcp, 80))
-            .unwrap();
+        let member = Member::IpPort {
+            ip: vip,
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
+        sets.insert(SetKind::ClusterIp, member).unwrap();
         let rules = render(&RuleSpec::new(&sets, RuleConfig::default()));
         let services = chain(&rules, Table::Nat, "KUBE-SERVICES");
         assert_eq!(services[0], "-s ::1/128 -j RETURN");
@@ -490,9 +496,9 @@ mod tests {
     fn node_ports_match_their_protocol_local_sets_first() {
         let rules = render(&spec_with(
             &[
-                KubeSet::NodePortTcp,
-                KubeSet::NodePortLocalTcp,
-                KubeSet::NodePortUdp,
+                SetKind::NodePortTcp,
+                SetKind::NodePortLocalTcp,
+                SetKind::NodePortUdp,
             ],
             RuleConfig::default(),
         ));
@@ -504,5 +510,28 @@ mod tests {
         );
         assert!(np[1].ends_with("KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ"));
         assert!(np[2].starts_with("-p udp "));
+    }
+
+    #[test]
+    fn lb_ports_closed_to_the_node_drop_by_ipvs_match_in_their_family_only() {
+        let mut spec = spec_with(&[], RuleConfig::default());
+        spec.no_node_access = [
+            NoNodeAccess {
+                addr: "203.0.113.10".parse().unwrap(),
+                protocol: Protocol::Sctp,
+                port: 80,
+            },
+            NoNodeAccess {
+                addr: "fd00::10".parse().unwrap(),
+                protocol: Protocol::Tcp,
+                port: 80,
+            },
+        ]
+        .into();
+        let rules = render(&spec);
+        assert_eq!(
+            chain(&rules, Table::Filter, "KUBE-IPVS-OUT-FILTER"),
+            ["-s 203.0.113.10/32 -m ipvs --vaddr 203.0.113.10/32 --vproto 132 --vport 80 -j DROP"]
+        );
     }
 }

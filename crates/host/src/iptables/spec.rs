@@ -1,12 +1,14 @@
 //! The input: what the iptables layer needs to know, in kube-proxy's terms.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 
 use ipnet::IpNet;
+use kipvs_ipvs::Family;
+use kipvs_proxy::translate::NoNodeAccess;
+use kipvs_proxy::{FamilyRules, SetKind};
 
-use crate::ipset::{KubeSet, KubeSets, Protocol};
-use crate::{Error, Family, Result};
+use crate::ipset::KubeSets;
+use crate::{Error, Result};
 
 /// The bit of the packet mark that asks for masquerade (`iptables.masqueradeBit`,
 /// default 14: mark `0x4000`).
@@ -86,18 +88,6 @@ pub struct RuleConfig {
     pub random_fully: bool,
 }
 
-/// A LoadBalancer address the node itself must not reach (kube-proxy drops node
-/// traffic to LoadBalancers whose source ranges exclude the node; #119656).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct NoNodeAccess {
-    /// The LoadBalancer ingress address.
-    pub ip: IpAddr,
-    /// Its protocol.
-    pub protocol: Protocol,
-    /// Its port.
-    pub port: u16,
-}
-
 /// Everything the iptables layer of one address family renders from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSpec {
@@ -107,8 +97,10 @@ pub struct RuleSpec {
     pub config: RuleConfig,
     /// The kube-proxy sets that have members: rules matching an empty set are left out,
     /// as kube-proxy does.
-    pub nonempty: BTreeSet<KubeSet>,
-    /// LoadBalancer ports the node must not reach (`KUBE-IPVS-OUT-FILTER`).
+    pub nonempty: BTreeSet<SetKind>,
+    /// LoadBalancer ports the node must not reach (`KUBE-IPVS-OUT-FILTER`: kube-proxy
+    /// drops node traffic to LoadBalancers whose source ranges exclude the node,
+    /// #119656). Those of another family are ignored.
     pub no_node_access: BTreeSet<NoNodeAccess>,
 }
 
@@ -118,7 +110,7 @@ impl RuleSpec {
         RuleSpec {
             family: sets.family(),
             config,
-            nonempty: KubeSet::ALL
+            nonempty: SetKind::ALL
                 .into_iter()
                 .filter(|s| !sets.is_empty(*s))
                 .collect(),
@@ -126,7 +118,23 @@ impl RuleSpec {
         }
     }
 
-    pub(crate) fn has(&self, set: KubeSet) -> bool {
+    /// The spec for the core's inputs of one family ([`kipvs_proxy::Desired::iptables`])
+    /// and this configuration. Sets of another family in `rules` are ignored.
+    pub fn from_rules(rules: &FamilyRules, config: RuleConfig) -> RuleSpec {
+        RuleSpec {
+            family: rules.family,
+            config,
+            nonempty: rules
+                .nonempty_sets
+                .iter()
+                .filter(|name| name.family == rules.family)
+                .map(|name| name.kind)
+                .collect(),
+            no_node_access: rules.no_node_access.iter().copied().collect(),
+        }
+    }
+
+    pub(crate) fn has(&self, set: SetKind) -> bool {
         self.nonempty.contains(&set)
     }
 }
@@ -150,5 +158,28 @@ mod tests {
         let prefix = LocalDetector::InterfaceNamePrefix("veth".into());
         assert_eq!(prefix.if_not_local().unwrap(), "! -i veth+");
         assert_eq!(LocalDetector::None.if_not_local(), None);
+    }
+
+    #[test]
+    fn specs_take_the_cores_family_rules() {
+        use kipvs_ipvs::Protocol;
+        use kipvs_proxy::SetName;
+        let lb = NoNodeAccess {
+            addr: "203.0.113.10".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port: 80,
+        };
+        let rules = FamilyRules {
+            family: Family::V4,
+            nonempty_sets: vec![
+                SetName::new(SetKind::ClusterIp, Family::V4),
+                SetName::new(SetKind::LoopBack, Family::V6),
+            ],
+            no_node_access: vec![lb],
+        };
+        let spec = RuleSpec::from_rules(&rules, RuleConfig::default());
+        assert_eq!(spec.family, Family::V4);
+        assert_eq!(spec.nonempty, [SetKind::ClusterIp].into());
+        assert_eq!(spec.no_node_access, [lb].into());
     }
 }

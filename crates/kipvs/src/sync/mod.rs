@@ -2,7 +2,6 @@
 
 pub mod cluster;
 pub mod conntrack;
-mod host_glue;
 pub mod kernel;
 pub mod node;
 pub mod run_loop;

@@ -17,7 +17,6 @@ use kipvs_ipvs::{Client, Family, Operation};
 use kipvs_proxy::{IpvsOp, Member, Observed, Plan, SetName};
 use tokio::runtime::Handle;
 
-use super::host_glue as glue;
 use super::kernel::{Kernel, ObserveError, OpKind, Report};
 use crate::config::{Config, LocalDetection};
 
@@ -142,16 +141,7 @@ impl NodeKernel {
         let existing = ipsets.list(&|name| SetName::parse(name).is_some())?;
         let missing: Vec<SetOp> = SetName::all()
             .filter(|name| !existing.contains_key(&name.to_string()))
-            .map(|name| {
-                let (hashsize, maxelem) = kipvs_host::ipset::sizing(0);
-                SetOp::Create(SetHeader {
-                    name: name.to_string(),
-                    kind: glue::set_type(name.kind.set_type()),
-                    family: glue::family(name.family),
-                    hashsize,
-                    maxelem,
-                })
-            })
+            .map(|name| SetOp::Create(SetHeader::of(name, 0)))
             .collect();
         ipsets.apply(&missing)?;
         let backend = Backend::detect();
@@ -167,7 +157,7 @@ impl NodeKernel {
             ipsets,
             iptables: [Family::V4, Family::V6]
                 .into_iter()
-                .map(|f| (f, Iptables::new(backend, glue::family(f))))
+                .map(|f| (f, Iptables::new(backend, f)))
                 .collect(),
             rule_config,
             local_detection: config.local_detection.clone(),
@@ -201,11 +191,10 @@ impl NodeKernel {
         entries
             .iter()
             .map(|(name, member)| {
-                let entry = glue::entry(*member);
                 if add {
-                    SetOp::Add(name.to_string(), entry)
+                    SetOp::Add(name.to_string(), *member)
                 } else {
-                    SetOp::Del(name.to_string(), entry)
+                    SetOp::Del(name.to_string(), *member)
                 }
             })
             .collect()
@@ -274,7 +263,7 @@ impl Kernel for NodeKernel {
             .into_iter()
             .filter_map(|(name, set)| {
                 let name = SetName::parse(&name)?;
-                Some((name, set.members.iter().map(glue::member).collect()))
+                Some((name, set.members))
             })
             .collect();
         Ok(Observed {
@@ -322,23 +311,11 @@ impl Kernel for NodeKernel {
                 else {
                     continue;
                 };
-                let spec = RuleSpec {
-                    family: glue::family(rules.family),
-                    config: RuleConfig {
-                        local_detector: self.detector(rules.family),
-                        ..self.rule_config.clone()
-                    },
-                    nonempty: rules
-                        .nonempty_sets
-                        .iter()
-                        .filter_map(|name| glue::kube_set(*name))
-                        .collect(),
-                    no_node_access: rules
-                        .no_node_access
-                        .iter()
-                        .map(glue::no_node_access)
-                        .collect(),
+                let config = RuleConfig {
+                    local_detector: self.detector(rules.family),
+                    ..self.rule_config.clone()
                 };
+                let spec = RuleSpec::from_rules(rules, config);
                 match iptables.sync(&spec) {
                     Ok(_) => report.record(OpKind::Iptables, "ok"),
                     Err(err) => report.fail(OpKind::Iptables, "error", err.to_string()),
