@@ -7,7 +7,7 @@ RUN cargo build --release --locked -p kipvs
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables ipset kmod \
+ && apt-get install -y --no-install-recommends iptables ipset kmod conntrack \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/kipvs /usr/local/bin/kipvs
 ENTRYPOINT ["/usr/local/bin/kipvs"]
