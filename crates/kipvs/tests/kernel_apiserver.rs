@@ -5,36 +5,19 @@
 // Helpers below are test code too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use kipvs_apiserver_fake::ApiServer;
 use kipvs_kube::state_file;
-use kipvs_testkit::Netns;
+use kipvs_testkit::{terminate, wait_for, Netns};
 
 const KIPVS: &str = env!("CARGO_BIN_EXE_kipvs");
 
 fn example() -> state_file::ClusterState {
     let path = format!("{}/../../examples/cluster.yaml", env!("CARGO_MANIFEST_DIR"));
     state_file::load(std::path::Path::new(&path)).unwrap()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn terminate(mut child: Child) {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "kipvs did not stop cleanly"
-    );
 }
 
 #[test]

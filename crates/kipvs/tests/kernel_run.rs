@@ -8,9 +8,9 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kipvs_testkit::Netns;
+use kipvs_testkit::{terminate, wait_for, Netns};
 
 const KIPVS: &str = env!("CARGO_BIN_EXE_kipvs");
 
@@ -84,14 +84,6 @@ fn start(ns: &Netns, state: &str, config: &str) -> Child {
         .unwrap()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn ipvs(ns: &Netns) -> String {
     ns.run_ok("ipvsadm", &["-Sn"])
 }
@@ -141,16 +133,6 @@ fn http_get(ns: &Netns, port: u16, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
-}
-
-fn terminate(mut child: Child) {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "kipvs did not stop cleanly on SIGTERM: {status}"
-    );
 }
 
 #[test]

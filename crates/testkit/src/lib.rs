@@ -12,8 +12,9 @@
 //! `iptables-save` or `ip` inside it and returns what they printed.
 
 use std::fs::File;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use nix::sched::{setns, CloneFlags};
 
@@ -77,6 +78,28 @@ impl Netns {
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+    }
+
+    /// Runs `program args...` inside the namespace as an unprivileged user (uid and gid
+    /// 65534, no capabilities, through `setpriv`), whatever its exit status: for testing
+    /// what users without CAP_NET_ADMIN are told.
+    pub fn run_unprivileged(&self, program: &str, args: &[&str]) -> Output {
+        let mut all = vec![
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+            program,
+        ];
+        all.extend_from_slice(args);
+        self.run("setpriv", &all)
+    }
+
+    /// The namespace's file, `/run/netns/NAME`, for APIs that open a namespace by path.
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/run/netns/{}", self.name))
     }
 
     /// Runs `program args...` inside the namespace and returns its standard output.
@@ -157,4 +180,34 @@ fn run_checked(cmd: &mut Command) -> String {
 /// missing: inside the test VM a missing kernel feature is a failure, never a skip.
 pub fn modprobe(module: &str) {
     run_checked(Command::new("modprobe").arg(module));
+}
+
+/// Polls `check` every 200 ms until it holds.
+///
+/// # Panics
+/// When it does not hold within `timeout`; the message names `what` was awaited.
+pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sends SIGTERM to `child` and waits for it.
+///
+/// # Panics
+/// When the signal cannot be sent or the child does not exit with status 0.
+pub fn terminate(mut child: Child) {
+    let pid = i32::try_from(child.id()).expect("a pid fits in i32");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM delivered");
+    let status = child.wait().expect("the child is waited for");
+    assert!(
+        status.success(),
+        "the process did not stop cleanly: {status}"
+    );
 }
