@@ -296,3 +296,52 @@ fn drift_is_repaired_and_state_file_changes_applied_and_sigterm_keeps_the_rules(
     terminate(child);
     assert_eq!(ipvs(&ns), before);
 }
+
+#[test]
+#[ignore = "kernel: run by tests/run"]
+fn cleanup_removes_what_kipvs_owns_and_nothing_else_and_can_run_twice() {
+    let ns = node();
+    let dir = scratch("cleanup");
+    let cfg = config(&dir, "30s");
+    assert!(run_once(&ns, &repo_file("examples/cluster.yaml"), &cfg)
+        .status
+        .success());
+    ns.run_ok("ipvsadm", &["-A", "-t", "198.51.100.1:80", "-s", "wlc"]);
+    ns.run_ok("ipset", &["create", "FOREIGN", "hash:ip"]);
+    ns.run_ok("iptables", &["-t", "nat", "-N", "FOREIGN-CHAIN"]);
+    ns.run_ok(
+        "iptables",
+        &["-t", "nat", "-A", "PREROUTING", "-j", "FOREIGN-CHAIN"],
+    );
+
+    let out = ns.run(KIPVS, &["cleanup"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ipvs(&ns), "-A -t 198.51.100.1:80 -s wlc\n");
+    assert!(
+        !ns.run("ip", &["link", "show", "kube-ipvs0"])
+            .status
+            .success(),
+        "kube-ipvs0 survived"
+    );
+    assert_eq!(ns.run_ok("ipset", &["list", "-n"]), "FOREIGN\n");
+    for table in ["nat", "filter"] {
+        let saved = ns.run_ok("iptables-save", &["-t", table]);
+        assert!(!saved.contains("KUBE-"), "{table}: {saved}");
+    }
+    let nat = ns.run_ok("iptables-save", &["-t", "nat"]);
+    assert!(nat.contains("-A PREROUTING -j FOREIGN-CHAIN"), "{nat}");
+
+    // Again, through kube-proxy's spelling: nothing left to remove, and no error.
+    let out = ns.run(KIPVS, &["run", "--cleanup"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ipvs(&ns), "-A -t 198.51.100.1:80 -s wlc\n");
+    assert_eq!(ns.run_ok("ipset", &["list", "-n"]), "FOREIGN\n");
+}

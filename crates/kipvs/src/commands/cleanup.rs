@@ -1,9 +1,137 @@
-//! `kipvs cleanup`.
+//! `kipvs cleanup` (and `kipvs run --cleanup`, as kube-proxy's `--cleanup`): removes
+//! everything kipvs owns and nothing else.
+//!
+//! Order matters: the virtual services go first, while the addresses on kube-ipvs0 and
+//! the KUBE-* sets that record kipvs' ownership still exist (the core's `cleanup()` plans
+//! their removal from that record); then the host crate removes the KUBE-* chains, the
+//! KUBE-* sets and kube-ipvs0. Foreign virtual services, sets, chains and addresses stay.
+//! Running it again finds nothing and succeeds.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 
+use kipvs_host::ipset::netlink::IpsetSocket;
+use kipvs_host::iptables::Backend;
+use kipvs_host::link::VipLink;
+use kipvs_ipvs::{Client, Table};
+use kipvs_proxy::{Node, Observed};
+
+use crate::cli::CleanupArgs;
+use crate::commands::run::LINK_NAME;
+use crate::config::Config;
+use crate::sync::node::{local_addresses, read_sets, to_operation};
+
+/// What a cleanup removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// Virtual services deleted.
+    pub services: usize,
+    /// ipsets destroyed.
+    pub sets: usize,
+    /// Address families whose KUBE-* chains were removed.
+    pub chains: usize,
+    /// Whether kube-ipvs0 was deleted.
+    pub link: bool,
+}
+
+/// Removes everything kipvs owns.
+///
+/// Fails when a kernel read or removal fails; what could be removed before is gone, and
+/// running it again continues from there.
+pub async fn cleanup(config: &Config) -> Result<Removed, String> {
+    let mut removed = Removed::default();
+    // No IPVS module means no IPVS state to remove.
+    let mut ipvs = match Client::new() {
+        Ok(client) => Some(client),
+        Err(kipvs_ipvs::Error::Unavailable) => None,
+        Err(err) => return Err(err.to_string()),
+    };
+    let table = match ipvs.as_mut() {
+        Some(client) => client.table().map_err(|e| e.to_string())?,
+        None => Table::default(),
+    };
+    let addresses = match VipLink::open(LINK_NAME).await.map_err(|e| e.to_string())? {
+        Some(link) => link
+            .addresses()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|net| net.addr())
+            .collect(),
+        None => BTreeSet::new(),
+    };
+    let ipsets = match IpsetSocket::open() {
+        Ok(mut socket) => read_sets(&mut socket).map_err(|e| e.to_string())?,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read ipsets; ownership from kube-ipvs0 only");
+            BTreeMap::new()
+        }
+    };
+    let observed = Observed {
+        table,
+        addresses,
+        ipsets,
+    };
+    let local = local_addresses(LINK_NAME).map_err(|e| e.to_string())?;
+    let node = Node::new("").with_addresses(local.iter().copied());
+    let plan = kipvs_proxy::cleanup(&observed, &node, &config.core(&local));
+    if let Some(client) = ipvs.as_mut() {
+        let ops: Vec<_> = plan.ipvs.iter().map(to_operation).collect();
+        for (op, result) in plan.ipvs.iter().zip(client.apply(&ops)) {
+            match result {
+                Ok(()) => removed.services += 1,
+                // Already gone: someone (or a previous run) was first.
+                Err(err) if err.is_not_found() => {}
+                Err(err) => return Err(format!("{}: {err}", op.key())),
+            }
+        }
+    }
+    let report = kipvs_host::cleanup::cleanup(LINK_NAME, Backend::detect())
+        .await
+        .map_err(|e| e.to_string())?;
+    removed.sets = report.sets;
+    removed.chains = report.iptables.len();
+    removed.link = report.link;
+    Ok(removed)
+}
+
 /// Runs `kipvs cleanup`.
-pub fn main(_args: &crate::cli::CleanupArgs) -> ExitCode {
-    eprintln!("kipvs: `cleanup` is not implemented yet");
-    ExitCode::from(2)
+pub fn main(args: &CleanupArgs) -> ExitCode {
+    let config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(loaded) => loaded.config,
+            Err(err) => {
+                eprintln!("kipvs: invalid configuration: {err}");
+                return ExitCode::from(1);
+            }
+        },
+        None => Config::default(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("kipvs: cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(cleanup(&config)) {
+        Ok(removed) => {
+            println!(
+                "removed {} virtual services, {} ipsets, the KUBE-* chains of {} families{}",
+                removed.services,
+                removed.sets,
+                removed.chains,
+                if removed.link { ", kube-ipvs0" } else { "" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("kipvs: cleanup failed: {why}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -72,8 +72,21 @@ pub fn local_addresses(except: &str) -> Result<Vec<IpAddr>, nix::Error> {
     Ok(addrs.into_iter().collect())
 }
 
+/// The members of every KUBE-* set on the node, by the core's set names.
+///
+/// Fails when the sets cannot be listed.
+pub fn read_sets(
+    ipsets: &mut IpsetSocket,
+) -> Result<BTreeMap<SetName, BTreeSet<Member>>, kipvs_host::Error> {
+    Ok(ipsets
+        .list(&|name| SetName::parse(name).is_some())?
+        .into_iter()
+        .filter_map(|(name, set)| Some((SetName::parse(&name)?, set.members)))
+        .collect())
+}
+
 /// The error class of an IPVS error, as metrics label it.
-fn ipvs_class(err: &kipvs_ipvs::Error) -> &'static str {
+pub fn ipvs_class(err: &kipvs_ipvs::Error) -> &'static str {
     if err.is_exists() {
         "exists"
     } else if err.is_not_found() {
@@ -83,7 +96,8 @@ fn ipvs_class(err: &kipvs_ipvs::Error) -> &'static str {
     }
 }
 
-fn to_operation(op: &IpvsOp) -> Operation {
+/// The ipvs client's operation for a core IPVS operation.
+pub fn to_operation(op: &IpvsOp) -> Operation {
     match op {
         IpvsOp::AddService { service, .. } => Operation::AddService(service.clone()),
         IpvsOp::UpdateService { service, .. } => Operation::UpdateService(service.clone()),
@@ -255,17 +269,7 @@ impl Kernel for NodeKernel {
             .into_iter()
             .map(|net| net.addr())
             .collect();
-        let sets = self
-            .ipsets
-            .list(&|name| SetName::parse(name).is_some())
-            .map_err(|e| ObserveError(e.to_string()))?;
-        let ipsets: BTreeMap<SetName, BTreeSet<Member>> = sets
-            .into_iter()
-            .filter_map(|(name, set)| {
-                let name = SetName::parse(&name)?;
-                Some((name, set.members))
-            })
-            .collect();
+        let ipsets = read_sets(&mut self.ipsets).map_err(|e| ObserveError(e.to_string()))?;
         Ok(Observed {
             table,
             addresses,
