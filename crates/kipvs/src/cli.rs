@@ -28,19 +28,6 @@ pub enum Command {
     Version,
 }
 
-impl Command {
-    /// The subcommand's name, as typed.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Command::Run(_) => "run",
-            Command::Plan(_) => "plan",
-            Command::Dump(_) => "dump",
-            Command::Cleanup(_) => "cleanup",
-            Command::Version => "version",
-        }
-    }
-}
-
 /// Options of `kipvs run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {

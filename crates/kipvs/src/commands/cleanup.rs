@@ -107,16 +107,9 @@ pub fn main(args: &CleanupArgs) -> ExitCode {
         },
         None => Config::default(),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::runtime(1) {
         Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("kipvs: cannot start the runtime: {err}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(cleanup(&config)) {
         Ok(removed) => {

@@ -99,16 +99,9 @@ pub fn main(args: &RunArgs) -> ExitCode {
             config: args.config.clone(),
         });
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::runtime(2) {
         Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("kipvs: cannot start the runtime: {err}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     runtime.block_on(run(args, config))
 }
