@@ -1,5 +1,12 @@
-# kipvs container image: build with the Rust toolchain, run on a small Debian base with
-# the tools the masquerade layer uses (iptables, ipset). The DaemonSet grants NET_ADMIN.
+# kipvs container image.
+#
+# Build:  docker build -t kipvs .
+# Stage 1 compiles with the Rust toolchain; stage 2 is a small Debian with only what the
+# node layer calls: iptables (iptables-restore/-save, nft and legacy backends), ipset
+# (fallback when nfnetlink is unavailable), conntrack (stale UDP entries) and kmod
+# (`kipvs prepare` loads ip_vs). See examples/kubernetes/daemonset.yaml for the
+# privileges: a privileged init container runs `kipvs prepare`; `kipvs run` keeps only
+# NET_ADMIN and NET_RAW.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .

@@ -1,4 +1,5 @@
-//! The command-line contract (see the README): `run`, `plan`, `dump`, `cleanup`, `version`.
+//! The command-line contract (see the README): `run`, `plan`, `dump`, `cleanup`,
+//! `prepare`, `version`.
 
 use std::path::PathBuf;
 
@@ -24,6 +25,8 @@ pub enum Command {
     Dump(DumpArgs),
     /// Remove everything kipvs owns from the kernel.
     Cleanup(CleanupArgs),
+    /// Load IPVS and set the sysctls `run` needs (the privileged part of start-up).
+    Prepare(PrepareArgs),
     /// Print the version.
     Version,
 }
@@ -58,6 +61,14 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct CleanupArgs {
     /// kube-proxy's KubeProxyConfiguration YAML (for excludeCIDRs and the like).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// Options of `kipvs prepare`.
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// kube-proxy's KubeProxyConfiguration YAML (for ipvs.strictARP).
     #[arg(long)]
     pub config: Option<PathBuf>,
 }

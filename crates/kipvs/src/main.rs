@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => commands::plan::main(&args),
         Command::Dump(args) => commands::dump::main(&args),
         Command::Cleanup(args) => commands::cleanup::main(&args),
+        Command::Prepare(args) => commands::prepare::main(&args),
         Command::Version => {
             println!("kipvs {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

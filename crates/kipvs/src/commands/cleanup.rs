@@ -97,15 +97,9 @@ pub async fn cleanup(config: &Config) -> Result<Removed, String> {
 
 /// Runs `kipvs cleanup`.
 pub fn main(args: &CleanupArgs) -> ExitCode {
-    let config = match &args.config {
-        Some(path) => match Config::load(path) {
-            Ok(loaded) => loaded.config,
-            Err(err) => {
-                eprintln!("kipvs: invalid configuration: {err}");
-                return ExitCode::from(1);
-            }
-        },
-        None => Config::default(),
+    let config = match super::optional_config(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(code) => return code,
     };
     let runtime = match super::runtime(1) {
         Ok(rt) => rt,

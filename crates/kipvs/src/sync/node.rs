@@ -130,6 +130,26 @@ pub fn to_operation(op: &IpvsOp) -> Operation {
     }
 }
 
+/// Loads IPVS and gives the kernel the sysctls kube-proxy's ipvs mode needs.
+///
+/// A sysctl that already has its value is not written, so after `kipvs prepare` has run
+/// with privileges, `kipvs run` needs no write access to `/proc/sys`. Fails when the
+/// module cannot be loaded or a sysctl cannot be set; the error says which.
+pub fn prepare_kernel(config: &Config) -> Result<(), SetupError> {
+    use kipvs_host::sysctl::{kube_proxy_settings, KernelVersion, SysctlConfig, Sysctls};
+    kipvs_host::sysctl::ensure_ipvs_loaded(Path::new("/proc/sys"))?;
+    let settings = kube_proxy_settings(
+        SysctlConfig {
+            strict_arp: config.ipvs.strict_arp,
+        },
+        KernelVersion::running()?,
+    );
+    for (name, outcome) in Sysctls::default().apply(&settings)? {
+        tracing::debug!(sysctl = name, ?outcome, "sysctl");
+    }
+    Ok(())
+}
+
 impl NodeKernel {
     /// Prepares the node: loads IPVS, applies kube-proxy's sysctls, makes sure
     /// kube-ipvs0 exists (never recreating it) and every KUBE-* set exists (never
@@ -138,17 +158,7 @@ impl NodeKernel {
     /// Must run inside a multi-threaded tokio runtime. Fails when IPVS, the link, a
     /// sysctl or the sets cannot be set up; the error says which.
     pub async fn setup(config: &Config, link_name: &str) -> Result<NodeKernel, SetupError> {
-        use kipvs_host::sysctl::{kube_proxy_settings, KernelVersion, SysctlConfig, Sysctls};
-        kipvs_host::sysctl::ensure_ipvs_loaded(Path::new("/proc/sys"))?;
-        let settings = kube_proxy_settings(
-            SysctlConfig {
-                strict_arp: config.ipvs.strict_arp,
-            },
-            KernelVersion::running()?,
-        );
-        for (name, outcome) in Sysctls::default().apply(&settings)? {
-            tracing::debug!(sysctl = name, ?outcome, "sysctl");
-        }
+        prepare_kernel(config)?;
         let ipvs = Client::new()?;
         let link = VipLink::ensure(link_name).await?;
         let mut ipsets = IpsetSocket::open()?;
