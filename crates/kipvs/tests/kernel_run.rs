@@ -35,13 +35,18 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn config(dir: &Path, sync_period: &str) -> String {
+    config_with(dir, sync_period, "", "")
+}
+
+/// A config with more `ipvs` fields (`, key: value` pairs) and more top-level lines.
+fn config_with(dir: &Path, sync_period: &str, ipvs_extra: &str, top_extra: &str) -> String {
     let path = dir.join("config.yaml");
     std::fs::write(
         &path,
         format!(
             "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\n\
              clusterCIDR: 10.244.0.0/16\nhealthzBindAddress: 127.0.0.1:10256\nmetricsBindAddress: 127.0.0.1:10249\n\
-             ipvs: {{syncPeriod: {sync_period}, minSyncPeriod: 0s}}\n"
+             ipvs: {{syncPeriod: {sync_period}, minSyncPeriod: 0s{ipvs_extra}}}\n{top_extra}"
         ),
     )
     .unwrap();
@@ -344,4 +349,21 @@ fn cleanup_removes_what_kipvs_owns_and_nothing_else_and_can_run_twice() {
     );
     assert_eq!(ipvs(&ns), "-A -t 198.51.100.1:80 -s wlc\n");
     assert_eq!(ns.run_ok("ipset", &["list", "-n"]), "FOREIGN\n");
+}
+
+#[test]
+#[ignore = "kernel: run by tests/run"]
+fn ipvs_timeouts_from_the_config_reach_the_kernel_and_zero_leaves_a_value_alone() {
+    let ns = node();
+    let dir = scratch("timeouts");
+    ns.run_ok("ipvsadm", &["--set", "100", "10", "50"]);
+    let cfg = config_with(&dir, "30s", ", tcpTimeout: 900s, udpTimeout: 200s", "");
+    let out = run_once(&ns, &repo_file("examples/cluster.yaml"), &cfg);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let timeouts = ns.run_ok("ipvsadm", &["-L", "--timeout"]);
+    assert_eq!(timeouts.trim(), "Timeout (tcp tcpfin udp): 900 10 200");
 }

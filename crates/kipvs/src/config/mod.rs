@@ -90,6 +90,21 @@ pub struct IpvsSettings {
     pub udp_timeout: Duration,
 }
 
+impl IpvsSettings {
+    /// The connection timeouts to set in the kernel, in whole seconds as kube-proxy
+    /// passes them; `None` when all three are zero (the kernel's stay). A zero field
+    /// leaves that timeout unchanged, which is what IPVS does with a zero.
+    pub fn timeouts(&self) -> Option<kipvs_ipvs::Timeouts> {
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let timeouts = kipvs_ipvs::Timeouts {
+            tcp: secs(self.tcp_timeout),
+            tcp_fin: secs(self.tcp_fin_timeout),
+            udp: secs(self.udp_timeout),
+        };
+        (timeouts != kipvs_ipvs::Timeouts::default()).then_some(timeouts)
+    }
+}
+
 /// The settings kipvs runs with: kube-proxy's configuration after defaulting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {

@@ -183,6 +183,22 @@ fn ipvs_settings_are_read() {
 }
 
 #[test]
+fn ipvs_timeouts_are_set_only_when_one_is_given_and_zero_fields_stay() {
+    assert_eq!(Config::default().ipvs.timeouts(), None);
+    let config = parse("ipvs:\n  tcpTimeout: 900s\n  udpTimeout: 1500ms\n")
+        .unwrap()
+        .config;
+    assert_eq!(
+        config.ipvs.timeouts(),
+        Some(kipvs_ipvs::Timeouts {
+            tcp: 900,
+            tcp_fin: 0,
+            udp: 1
+        })
+    );
+}
+
+#[test]
 fn an_unknown_field_is_refused_with_its_path_line_and_column() {
     let (line, column, field, message) =
         invalid("mode: ipvs\nipvs:\n  scheduler: rr\n  schedular: lc\n");

@@ -151,15 +151,27 @@ pub fn prepare_kernel(config: &Config) -> Result<(), SetupError> {
 }
 
 impl NodeKernel {
-    /// Prepares the node: loads IPVS, applies kube-proxy's sysctls, makes sure
-    /// kube-ipvs0 exists (never recreating it) and every KUBE-* set exists (never
-    /// flushing one). Nothing that carries traffic is removed.
+    /// Prepares the node: loads IPVS, applies kube-proxy's sysctls and the configured
+    /// IPVS timeouts, makes sure kube-ipvs0 exists (never recreating it) and every
+    /// KUBE-* set exists (never flushing one). Nothing that carries traffic is removed.
     ///
     /// Must run inside a multi-threaded tokio runtime. Fails when IPVS, the link, a
     /// sysctl or the sets cannot be set up; the error says which.
     pub async fn setup(config: &Config, link_name: &str) -> Result<NodeKernel, SetupError> {
         prepare_kernel(config)?;
-        let ipvs = Client::new()?;
+        let mut ipvs = Client::new()?;
+        if let Some(timeouts) = config.ipvs.timeouts() {
+            // As kube-proxy: a refusal is logged and kipvs runs with the kernel's values.
+            match ipvs.set_timeouts(&timeouts) {
+                Ok(()) => tracing::info!(
+                    tcp = timeouts.tcp,
+                    tcp_fin = timeouts.tcp_fin,
+                    udp = timeouts.udp,
+                    "IPVS timeouts set"
+                ),
+                Err(err) => tracing::warn!(error = %err, "cannot set the IPVS timeouts"),
+            }
+        }
         let link = VipLink::ensure(link_name).await?;
         let mut ipsets = IpsetSocket::open()?;
         let existing = ipsets.list(&|name| SetName::parse(name).is_some())?;
