@@ -4,7 +4,9 @@
 //! Built on kube-runtime's events `Recorder` (events.k8s.io/v1, reporting controller
 //! `kipvs`, instance the node's name). A warning is posted once per Service, reason and
 //! message: the sync loop may report the same problem on every sync, and only a new
-//! message (or a recreated Service) posts again. Each posting is a new Event: the
+//! message (or a recreated Service) posts again, and so does a recurrence after
+//! [`EventRecorder::forget`], which the daemon calls when a Service's warnings clear or
+//! the Service is deleted. Each posting is a new Event: the
 //! `Recorder`'s own series (a PATCH of the last Event with the same reason) would keep
 //! the old message, so its cache is not used.
 

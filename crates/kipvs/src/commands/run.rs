@@ -154,12 +154,7 @@ async fn run(args: &RunArgs, config: Config) -> ExitCode {
     let proxier = Proxier::new(config.core(&addresses), node);
     tracing::info!(node = %node_name, dry_run = args.dry_run, "kipvs starting");
 
-    let sink = recorder.map(|recorder| -> WarningSink {
-        Box::new(move |service, warning| {
-            let service = ServiceRef::new(&service.namespace, &service.name);
-            recorder.warn_in_background(&service, warning.reason.as_str(), &warning.message);
-        })
-    });
+    let sink = recorder.map(|recorder| -> Box<dyn WarningSink> { Box::new(Events(recorder)) });
     let outcome = if args.dry_run {
         let kernel = DryRun(SimulatedKernel::default());
         let sync = SyncLoop::new(proxier, &node_name, kernel, shared, timing);
@@ -189,7 +184,23 @@ async fn run(args: &RunArgs, config: Config) -> ExitCode {
     }
 }
 
-fn with_sink<K: Kernel>(sync: SyncLoop<K>, sink: Option<WarningSink>) -> SyncLoop<K> {
+/// Warnings about Services as Kubernetes Events on them.
+struct Events(EventRecorder);
+
+impl WarningSink for Events {
+    fn warn(&self, service: &kipvs_proxy::ServiceName, warning: &kipvs_proxy::Warning) {
+        let service = ServiceRef::new(&service.namespace, &service.name);
+        self.0
+            .warn_in_background(&service, warning.reason.as_str(), &warning.message);
+    }
+
+    fn clear(&self, service: &kipvs_proxy::ServiceName) {
+        self.0
+            .forget(&ServiceRef::new(&service.namespace, &service.name));
+    }
+}
+
+fn with_sink<K: Kernel>(sync: SyncLoop<K>, sink: Option<Box<dyn WarningSink>>) -> SyncLoop<K> {
     match sink {
         Some(sink) => sync.with_warning_sink(sink),
         None => sync,

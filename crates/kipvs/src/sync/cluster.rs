@@ -23,6 +23,9 @@ pub struct Applied {
     /// Warnings on Services that were (re)applied: bad annotations and values that
     /// fell back to defaults. Reported as log lines and Kubernetes Events.
     pub warnings: Vec<(ServiceName, Warning)>,
+    /// Services applied without any warning, or removed: what was reported about them
+    /// is over, so a later recurrence is reported again.
+    pub cleared: Vec<ServiceName>,
     /// This node's facts changed.
     pub node: Option<NodeInfo>,
     /// The source could not read the cluster; nothing else changed.
@@ -67,7 +70,9 @@ impl ClusterView {
             ClusterEvent::ServicesReset(list) => {
                 let fresh: BTreeSet<ObjectKey> = list.iter().map(|s| key(&s.metadata)).collect();
                 for gone in self.services.difference(&fresh) {
-                    proxier.remove_service(&ServiceName::new(&gone.namespace, &gone.name));
+                    let name = ServiceName::new(&gone.namespace, &gone.name);
+                    proxier.remove_service(&name);
+                    applied.cleared.push(name);
                     applied.service_changes += 1;
                 }
                 self.services.clear();
@@ -78,7 +83,9 @@ impl ClusterView {
             ClusterEvent::ServiceApplied(svc) => self.upsert_service(proxier, &svc, &mut applied),
             ClusterEvent::ServiceDeleted(gone) => {
                 if self.services.remove(&gone) {
-                    proxier.remove_service(&ServiceName::new(&gone.namespace, &gone.name));
+                    let name = ServiceName::new(&gone.namespace, &gone.name);
+                    proxier.remove_service(&name);
+                    applied.cleared.push(name);
                     applied.service_changes += 1;
                 }
             }
@@ -120,6 +127,9 @@ impl ClusterView {
         let object = key(&svc.metadata);
         match Service::try_new(convert::service(svc)) {
             Ok(service) => {
+                if service.warnings.is_empty() {
+                    applied.cleared.push(service.name.clone());
+                }
                 applied.warnings.extend(
                     service
                         .warnings
@@ -250,6 +260,46 @@ mod tests {
             ServiceName::new("default", "kubernetes")
         );
         assert_eq!(virtual_services(&mut p), 5);
+    }
+
+    #[test]
+    fn services_without_warnings_and_removed_services_are_cleared() {
+        let mut p = proxier();
+        let mut view = ClusterView::new("node-a");
+        let mut services = example().services;
+        let annotations = services[0]
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        annotations.insert("ipvs.kipvs.io/scheduler".into(), "fastest".into());
+        let kubernetes = ServiceName::new("default", "kubernetes");
+        let applied = view.apply(&mut p, ClusterEvent::ServicesReset(services.clone()));
+        assert_eq!(applied.cleared.len(), 2, "{:?}", applied.cleared);
+        assert!(!applied.cleared.contains(&kubernetes));
+
+        // The annotation is fixed: its warnings are over.
+        let mut fixed = services[0].clone();
+        fixed.metadata.annotations = None;
+        let applied = view.apply(&mut p, ClusterEvent::ServiceApplied(Box::new(fixed)));
+        assert_eq!(applied.cleared, vec![kubernetes.clone()]);
+
+        // Deleted, by event or by a relist that no longer has it.
+        let applied = view.apply(
+            &mut p,
+            ClusterEvent::ServiceDeleted(ObjectKey {
+                namespace: "default".into(),
+                name: "kubernetes".into(),
+            }),
+        );
+        assert_eq!(applied.cleared, vec![kubernetes.clone()]);
+        view.apply(&mut p, ClusterEvent::ServicesReset(services.clone()));
+        services.remove(0);
+        let applied = view.apply(&mut p, ClusterEvent::ServicesReset(services));
+        assert!(
+            applied.cleared.contains(&kubernetes),
+            "{:?}",
+            applied.cleared
+        );
     }
 
     #[test]

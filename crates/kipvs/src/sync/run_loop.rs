@@ -87,12 +87,20 @@ pub struct SyncLoop<K: Kernel> {
     have_services: bool,
     have_slices: bool,
     /// Where warnings about Services go besides the log (Kubernetes Events).
-    warning_sink: Option<WarningSink>,
+    warning_sink: Option<Box<dyn WarningSink>>,
 }
 
-/// Receives each warning about a Service (bad annotation, bad value): the daemon turns
-/// them into Kubernetes Events on the Service.
-pub type WarningSink = Box<dyn Fn(&kipvs_proxy::ServiceName, &kipvs_proxy::Warning) + Send + Sync>;
+/// Receives what the loop learns about Services' problems: the daemon turns warnings
+/// into Kubernetes Events on the Service.
+pub trait WarningSink: Send + Sync {
+    /// A warning about a Service (bad annotation, bad value); the same warning comes
+    /// again at every change of the Service while it lasts.
+    fn warn(&self, service: &kipvs_proxy::ServiceName, warning: &kipvs_proxy::Warning);
+
+    /// The Service was applied without any warning, or removed: what was reported is
+    /// over, and the same warning later is news again.
+    fn clear(&self, service: &kipvs_proxy::ServiceName);
+}
 
 impl<K: Kernel> std::fmt::Debug for SyncLoop<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -139,7 +147,7 @@ impl<K: Kernel> SyncLoop<K> {
     }
 
     /// The same loop, also handing every warning about a Service to `sink`.
-    pub fn with_warning_sink(mut self, sink: WarningSink) -> Self {
+    pub fn with_warning_sink(mut self, sink: Box<dyn WarningSink>) -> Self {
         self.warning_sink = Some(sink);
         self
     }
@@ -217,7 +225,12 @@ impl<K: Kernel> SyncLoop<K> {
         for (service, warning) in &applied.warnings {
             tracing::warn!(service = %service, warning = %warning, "bad value in Service; default used");
             if let Some(sink) = &self.warning_sink {
-                sink(service, warning);
+                sink.warn(service, warning);
+            }
+        }
+        if let Some(sink) = &self.warning_sink {
+            for service in &applied.cleared {
+                sink.clear(service);
             }
         }
         if let Some(why) = &applied.degraded {

@@ -291,3 +291,53 @@ async fn health_turns_unhealthy_when_changes_wait_and_back_when_applied() {
         "{metrics}"
     );
 }
+
+/// Records what the loop hands to its warning sink.
+#[derive(Default, Clone)]
+struct Recorded(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl WarningSink for Recorded {
+    fn warn(&self, service: &kipvs_proxy::ServiceName, warning: &kipvs_proxy::Warning) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("warn {service} {}", warning.reason.as_str()));
+    }
+
+    fn clear(&self, service: &kipvs_proxy::ServiceName) {
+        self.0.lock().unwrap().push(format!("clear {service}"));
+    }
+}
+
+#[test]
+fn warnings_go_to_the_sink_and_are_cleared_when_fixed_or_deleted() {
+    let recorded = Recorded::default();
+    let mut l = new_loop(SimulatedKernel::default()).with_warning_sink(Box::new(recorded.clone()));
+    let web = example()
+        .services
+        .into_iter()
+        .find(|s| s.metadata.name.as_deref() == Some("web"))
+        .unwrap();
+    let bad = {
+        let mut bad = web.clone();
+        bad.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert("ipvs.kipvs.io/scheduler".into(), "fastest".into());
+        bad
+    };
+    let take = || std::mem::take(&mut *recorded.0.lock().unwrap());
+    l.handle(ClusterEvent::ServiceApplied(Box::new(bad.clone())));
+    assert_eq!(take(), ["warn shop/web InvalidAnnotation"]);
+    l.handle(ClusterEvent::ServiceApplied(Box::new(web)));
+    assert_eq!(take(), ["clear shop/web"]);
+    l.handle(ClusterEvent::ServiceApplied(Box::new(bad)));
+    assert_eq!(take(), ["warn shop/web InvalidAnnotation"]);
+    l.handle(ClusterEvent::ServiceDeleted(
+        kipvs_kube::source::ObjectKey {
+            namespace: "shop".into(),
+            name: "web".into(),
+        },
+    ));
+    assert_eq!(take(), ["clear shop/web"]);
+}
