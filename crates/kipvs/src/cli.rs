@@ -55,6 +55,10 @@ pub struct RunArgs {
     /// Remove everything kipvs owns, then exit (as `kube-proxy --cleanup`).
     #[arg(long)]
     pub cleanup: bool,
+    /// Where to record which Service owns each virtual server, for `kipvs dump
+    /// --services` (default: $KIPVS_OWNERS_FILE, else /run/kipvs/owners.json).
+    #[arg(long, value_name = "FILE")]
+    pub owners_file: Option<PathBuf>,
 }
 
 /// Options of `kipvs cleanup`.
@@ -115,17 +119,21 @@ pub struct DumpArgs {
     #[arg(long, conflicts_with_all = ["stats", "rate", "connections", "save"])]
     pub json: bool,
     /// Kubernetes manifests that say which Service owns each virtual server (for
-    /// `--services` and `--service`).
-    #[arg(long)]
+    /// `--services` and `--service`), instead of the owners file `kipvs run` writes.
+    #[arg(long, conflicts_with = "owners_file")]
     pub state: Option<PathBuf>,
+    /// The owners file `kipvs run` writes (default: $KIPVS_OWNERS_FILE, else
+    /// /run/kipvs/owners.json); read for `--services` and `--service` without `--state`.
+    #[arg(long, value_name = "FILE")]
+    pub owners_file: Option<PathBuf>,
     /// kube-proxy's KubeProxyConfiguration YAML, used with `--state`.
     #[arg(long, requires = "state")]
     pub config: Option<PathBuf>,
     /// This node's name, if not the hostname, used with `--state`.
     #[arg(long, requires = "state")]
     pub hostname_override: Option<String>,
-    /// Only the virtual servers of this Service (`namespace/name`); needs `--state`.
-    #[arg(long, value_name = "NAMESPACE/NAME", requires = "state")]
+    /// Only the virtual servers of this Service (`namespace/name`).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
     pub service: Vec<String>,
     /// Only the virtual servers on this address.
     #[arg(long, value_name = "ADDRESS")]

@@ -9,5 +9,6 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod dump;
+pub mod owners;
 pub mod servers;
 pub mod sync;

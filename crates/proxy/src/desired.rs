@@ -33,6 +33,9 @@ pub struct Touched {
     pub members: Vec<Entry>,
     /// Whether the iptables inputs may differ.
     pub iptables: bool,
+    /// Whether some key's owning Service port may differ (a key gained or lost its
+    /// winner, or the winner's port was renamed); endpoint changes leave it false.
+    pub owners: bool,
 }
 
 impl Touched {
@@ -42,6 +45,7 @@ impl Touched {
         self.addresses.extend(other.addresses);
         self.members.extend(other.members);
         self.iptables |= other.iptables;
+        self.owners |= other.owners;
     }
 
     /// Sorts and removes duplicates.
@@ -128,9 +132,10 @@ impl Desired {
             let still = new.and_then(|n| find(n, &key).map(|i| &n.virtual_services[i]));
             match still {
                 Some(same) if same == vs => {}
-                Some(_) => {
+                Some(same) => {
                     if self.winner(&key) == Some(name) {
                         touched.keys.push(key);
+                        touched.owners |= same.owner != vs.owner;
                     }
                 }
                 None => {
@@ -143,6 +148,7 @@ impl Desired {
                     }
                     if was_winner {
                         touched.keys.push(key);
+                        touched.owners = true;
                     }
                 }
             }
@@ -160,6 +166,7 @@ impl Desired {
             }
             if list.first().map(|n| &**n) == Some(name) {
                 touched.keys.push(key);
+                touched.owners = true;
             }
         }
 

@@ -33,6 +33,7 @@ pub struct Proxier {
     drain: Drain,
     dirty: HashSet<ServiceName>,
     all_dirty: bool,
+    owners_generation: u64,
 }
 
 impl Proxier {
@@ -51,6 +52,7 @@ impl Proxier {
             drain,
             dirty: HashSet::default(),
             all_dirty: false,
+            owners_generation: 0,
         }
     }
 
@@ -67,6 +69,14 @@ impl Proxier {
     /// The desired state as of the last sync.
     pub fn desired(&self) -> &Desired {
         &self.desired
+    }
+
+    /// A number that changes whenever the owning Service port of some wanted virtual
+    /// service may have changed (a sync that added, removed or renamed one, and every
+    /// whole-cluster pass), and only then: who records ownership (`kipvs run`'s owners
+    /// file) rereads [`Desired`] only when it moved, not on every endpoint change.
+    pub fn owners_generation(&self) -> u64 {
+        self.owners_generation
     }
 
     /// Number of destinations draining at weight 0.
@@ -206,6 +216,9 @@ impl Proxier {
             touched.merge(t);
         }
         touched.normalize();
+        if touched.owners {
+            self.owners_generation += 1;
+        }
         let scope = Scope {
             node: &self.node,
             config: &self.config,
@@ -240,6 +253,7 @@ impl Proxier {
 
     fn full_pass(&mut self, now: Moment, fresh_counters: bool) -> Plan {
         self.recompute_all();
+        self.owners_generation += 1;
         let scope = Scope {
             node: &self.node,
             config: &self.config,
@@ -300,6 +314,26 @@ mod tests {
         assert!(plan.ipvs.iter().all(|op| *op.key() == tcp("10.96.0.7", 80)));
         assert!(plan.iptables.is_none());
         assert!(p.sync(Moment::from_secs(2)).is_empty());
+    }
+
+    #[test]
+    fn owners_generation_moves_when_services_come_and_go_not_when_endpoints_do() {
+        let (mut p, _) = cluster(3);
+        let start = p.owners_generation();
+        p.upsert_slice(slice(raw_slice(
+            "svc1",
+            "1",
+            vec![endpoint("10.244.1.9", "b")],
+        )));
+        p.sync(Moment::from_secs(1));
+        assert_eq!(p.owners_generation(), start, "an endpoint change");
+        p.upsert_service(service(raw_service("svc9", "10.96.0.9")));
+        p.sync(Moment::from_secs(2));
+        let added = p.owners_generation();
+        assert_ne!(added, start, "a new Service");
+        p.remove_service(&crate::model::ServiceName::new("default", "svc9"));
+        p.sync(Moment::from_secs(3));
+        assert_ne!(p.owners_generation(), added, "a removed Service");
     }
 
     #[test]

@@ -224,6 +224,7 @@ pub(crate) fn plan_full(
         addresses,
         members,
         iptables: true,
+        owners: true,
     };
     let mut plan = Plan::default();
     // An empty kernel needs one operation per service and per destination: reserve it

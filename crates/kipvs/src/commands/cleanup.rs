@@ -7,19 +7,16 @@
 //! KUBE-* sets and kube-ipvs0. Foreign virtual services, sets, chains and addresses stay.
 //! Running it again finds nothing and succeeds.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 
-use kipvs_host::ipset::netlink::IpsetSocket;
 use kipvs_host::iptables::Backend;
-use kipvs_host::link::VipLink;
 use kipvs_ipvs::{Client, Table};
 use kipvs_proxy::{Node, Observed};
 
 use crate::cli::CleanupArgs;
 use crate::commands::run::LINK_NAME;
 use crate::config::Config;
-use crate::sync::node::{local_addresses, read_sets, to_operation};
+use crate::sync::node::{local_addresses, read_host_state, to_operation};
 
 /// What a cleanup removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -50,23 +47,7 @@ pub async fn cleanup(config: &Config) -> Result<Removed, String> {
         Some(client) => client.table().map_err(|e| e.to_string())?,
         None => Table::default(),
     };
-    let addresses = match VipLink::open(LINK_NAME).await.map_err(|e| e.to_string())? {
-        Some(link) => link
-            .addresses()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|net| net.addr())
-            .collect(),
-        None => BTreeSet::new(),
-    };
-    let ipsets = match IpsetSocket::open() {
-        Ok(mut socket) => read_sets(&mut socket).map_err(|e| e.to_string())?,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot read ipsets; ownership from kube-ipvs0 only");
-            BTreeMap::new()
-        }
-    };
+    let (addresses, ipsets) = read_host_state(LINK_NAME).await?;
     let observed = Observed {
         table,
         addresses,

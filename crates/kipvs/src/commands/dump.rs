@@ -10,8 +10,11 @@ use kipvs_ipvs::{Client, Error, ServiceKey, Table};
 use kipvs_proxy::Observed;
 
 use super::plan::Cluster;
+use super::run::LINK_NAME;
 use crate::cli::DumpArgs;
 use crate::dump::{self, conn, json, save, Columns, ListOptions};
+use crate::owners::{self, Owners};
+use crate::sync::node::read_host_state;
 
 /// Runs `kipvs dump`.
 pub fn main(args: &DumpArgs) -> ExitCode {
@@ -68,35 +71,76 @@ fn load_module() {
         .status();
 }
 
-/// Reads the kernel state `kipvs plan --diff` compares with: the IPVS table.
+/// Reads the kernel state `kipvs plan --diff` compares with: the IPVS table, the
+/// addresses on kube-ipvs0 and the members of the KUBE-* sets.
 ///
-/// Fails like [`open_ipvs`], or when the dump fails.
+/// Fails like [`open_ipvs`], or when a dump fails.
 pub(crate) fn observe() -> Result<Observed, String> {
     let mut ipvs = open_ipvs()?;
     let table = ipvs.table().map_err(|e| explain(&e))?;
+    let runtime = super::runtime(1).map_err(|_| "cannot start the runtime".to_owned())?;
+    let (addresses, ipsets) = runtime.block_on(read_host_state(LINK_NAME))?;
     Ok(Observed {
         table,
-        ..Observed::default()
+        addresses,
+        ipsets,
     })
+}
+
+/// Where the owning Service of each virtual service comes from.
+enum OwnerSource {
+    /// Not asked for.
+    None,
+    /// A state file replayed into the core (`--state`).
+    Cluster(Box<Cluster>),
+    /// The owners file `kipvs run` writes.
+    File(Owners),
+}
+
+impl OwnerSource {
+    /// Picks the source: `--state` when given, else the owners file when owners are
+    /// asked for (`--services`, `--service`), else none.
+    fn of(args: &DumpArgs) -> Result<OwnerSource, String> {
+        if let Some(state) = &args.state {
+            return Ok(OwnerSource::Cluster(Box::new(Cluster::load(
+                state,
+                args.config.as_deref(),
+                args.hostname_override.as_deref(),
+                None,
+            )?)));
+        }
+        if args.services || !args.service.is_empty() {
+            let path = owners::path(args.owners_file.as_deref());
+            return Ok(OwnerSource::File(Owners::load(&path)?));
+        }
+        Ok(OwnerSource::None)
+    }
+
+    /// The Service port (`namespace/name:port`) that owns the virtual service at `key`.
+    fn owner(&self, key: &ServiceKey) -> Option<String> {
+        match self {
+            OwnerSource::None => None,
+            OwnerSource::Cluster(c) => c.owner(key),
+            OwnerSource::File(f) => f.get(key).map(str::to_owned),
+        }
+    }
 }
 
 fn run(args: &DumpArgs) -> Result<String, String> {
     if args.connections {
         return connections();
     }
-    let cluster = match &args.state {
-        Some(state) => Some(Cluster::load(
-            state,
-            args.config.as_deref(),
-            args.hostname_override.as_deref(),
-        )?),
-        None => None,
-    };
+    for s in &args.service {
+        if !s.contains('/') {
+            return Err(format!("--service {s:?}: expected NAMESPACE/NAME"));
+        }
+    }
+    let source = OwnerSource::of(args)?;
     let mut ipvs = open_ipvs()?;
     let info = ipvs.info().map_err(|e| explain(&e))?;
     let mut table = ipvs.table().map_err(|e| explain(&e))?;
-    filter(&mut table, args, cluster.as_ref())?;
-    let owner = |k: &ServiceKey| cluster.as_ref().and_then(|c| c.owner(k));
+    filter(&mut table, args, &source);
+    let owner = |k: &ServiceKey| source.owner(k);
     if args.json {
         let owners = |k: &ServiceKey| owner(k).into_iter().collect::<Vec<_>>();
         let with = args.services.then_some(&owners as json::Owners<'_>);
@@ -116,9 +160,6 @@ fn run(args: &DumpArgs) -> Result<String, String> {
         exact: args.exact,
     };
     if args.services {
-        if cluster.is_none() {
-            return Err("--services needs --state FILE to know which Service owns what".into());
-        }
         let note = |k: &ServiceKey| Some(owner(k).unwrap_or_else(|| "-".into()));
         return Ok(dump::list_annotated(&table, &info, options, &note));
     }
@@ -126,23 +167,17 @@ fn run(args: &DumpArgs) -> Result<String, String> {
 }
 
 /// Keeps the virtual services on `--vip` addresses and of `--service` Services.
-fn filter(table: &mut Table, args: &DumpArgs, cluster: Option<&Cluster>) -> Result<(), String> {
-    for s in &args.service {
-        if !s.contains('/') {
-            return Err(format!("--service {s:?}: expected NAMESPACE/NAME"));
-        }
-    }
+fn filter(table: &mut Table, args: &DumpArgs, source: &OwnerSource) {
     table.services.retain(|entry| {
         let key = &entry.service.key;
         let vip_ok = args.vip.is_empty()
             || matches!(key, ServiceKey::Addr { addr, .. } if args.vip.contains(addr));
         let service_ok = args.service.is_empty()
-            || cluster
-                .and_then(|c| c.owner(key))
+            || source
+                .owner(key)
                 .is_some_and(|o| args.service.iter().any(|s| owner_is(&o, s)));
         vip_ok && service_ok
     });
-    Ok(())
 }
 
 /// Whether `owner` (`namespace/name:port`) belongs to Service `name` (`namespace/name`).

@@ -14,8 +14,10 @@ use kipvs_kube::{convert, state_file};
 use kipvs_proxy::{Desired, EndpointSlice, Moment, Node, Observed, Plan, Proxier, Service};
 
 use crate::cli::PlanArgs;
+use crate::commands::run::LINK_NAME;
 use crate::config::Config;
 use crate::dump::{self, diff};
+use crate::sync::node::local_addresses;
 
 /// What `kipvs plan` prints in the header, having no kernel to ask: the IPVS version of
 /// every kernel since 2.6.28 and the default connection table size.
@@ -37,13 +39,16 @@ pub struct Cluster {
 impl Cluster {
     /// Loads `state` (and `config`, default settings without it) and computes the desired
     /// state of the node named `hostname` (else the configuration's `hostnameOverride`,
-    /// else the state file's only Node, else this machine's hostname).
+    /// else the state file's only Node, else this machine's hostname). The node's
+    /// addresses (where NodePorts listen) are `local` when given, as `kipvs run` finds
+    /// them on the machine, else the Node's addresses in the state file.
     ///
     /// Fails with a one-line message when a file cannot be read or is invalid.
     pub fn load(
         state: &Path,
         config: Option<&Path>,
         hostname: Option<&str>,
+        local: Option<&[IpAddr]>,
     ) -> Result<Cluster, String> {
         let config = match config {
             Some(path) => Config::load(path).map_err(|e| e.to_string())?.config,
@@ -57,19 +62,27 @@ impl Cluster {
             .or_else(|| (nodes.len() == 1).then(|| nodes[0].name.clone()))
             .unwrap_or_else(local_hostname);
         let info = nodes.iter().find(|n| n.name == name);
-        let addresses: Vec<IpAddr> = info.map(|n| n.addresses.clone()).unwrap_or_default();
+        let addresses: Vec<IpAddr> = match local {
+            Some(local) => local.to_vec(),
+            None => info.map(|n| n.addresses.clone()).unwrap_or_default(),
+        };
         let node = match info {
             Some(i) => i.to_core(addresses.iter().copied()),
-            None => Node::new(name),
+            None => Node::new(name).with_addresses(addresses.iter().copied()),
         };
-        let primary: Vec<IpAddr> = [
-            addresses.iter().find(|a| a.is_ipv4()),
-            addresses.iter().find(|a| a.is_ipv6()),
-        ]
-        .into_iter()
-        .flatten()
-        .copied()
-        .collect();
+        // `kipvs run` hands the core every local address; without the machine, the
+        // Node's first address of each family stands for them.
+        let primary: Vec<IpAddr> = match local {
+            Some(_) => addresses.clone(),
+            None => [
+                addresses.iter().find(|a| a.is_ipv4()),
+                addresses.iter().find(|a| a.is_ipv6()),
+            ]
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect(),
+        };
         let mut proxier = Proxier::new(config.core(&primary), node);
         for svc in &cluster.services {
             if let Ok(s) = Service::try_new(convert::service(svc)) {
@@ -145,10 +158,17 @@ pub fn main(args: &PlanArgs) -> ExitCode {
 }
 
 fn run(args: &PlanArgs) -> Result<String, String> {
+    // With --diff, plan as `kipvs run` would on this machine: NodePorts on its addresses.
+    let local = if args.diff {
+        Some(local_addresses(LINK_NAME).map_err(|e| format!("cannot list the addresses: {e}"))?)
+    } else {
+        None
+    };
     let mut cluster = Cluster::load(
         &args.state,
         args.config.as_deref(),
         args.hostname_override.as_deref(),
+        local.as_deref(),
     )?;
     if !args.diff {
         let table = cluster.table();

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::cli::RunArgs;
 use crate::config::{Config, LogFormat};
+use crate::owners::{self, Recorder};
 use crate::servers::{self, health::ProxyHealth, Shared};
 use crate::sync::kernel::{Kernel, SimulatedKernel};
 use crate::sync::node::{local_addresses, NodeKernel};
@@ -167,7 +168,10 @@ async fn run(args: &RunArgs, config: Config) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        let sync = SyncLoop::new(proxier, &node_name, kernel, shared, timing);
+        let recorder = Recorder::new(owners::path(args.owners_file.as_deref()), &node_name);
+        tracing::info!(path = %recorder.path().display(), "recording Service ownership");
+        let sync = SyncLoop::new(proxier, &node_name, kernel, shared, timing)
+            .with_owners_recorder(recorder);
         drive(with_sink(sync, sink), rx, mode).await
     };
     match outcome {

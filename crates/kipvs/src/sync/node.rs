@@ -85,6 +85,34 @@ pub fn read_sets(
         .collect())
 }
 
+/// The node's kernel state besides IPVS, as kipvs reads it back: the addresses on
+/// `link` (none when the link does not exist) and the members of every KUBE-* set (none
+/// when the sets cannot be reached at all, logged as a warning).
+///
+/// Fails when the link's addresses or the sets cannot be listed.
+pub async fn read_host_state(
+    link: &str,
+) -> Result<(BTreeSet<IpAddr>, BTreeMap<SetName, BTreeSet<Member>>), String> {
+    let addresses = match VipLink::open(link).await.map_err(|e| e.to_string())? {
+        Some(link) => link
+            .addresses()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|net| net.addr())
+            .collect(),
+        None => BTreeSet::new(),
+    };
+    let ipsets = match IpsetSocket::open() {
+        Ok(mut socket) => read_sets(&mut socket).map_err(|e| e.to_string())?,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read ipsets; ownership from kube-ipvs0 only");
+            BTreeMap::new()
+        }
+    };
+    Ok((addresses, ipsets))
+}
+
 /// The error class of an IPVS error, as metrics label it.
 pub fn ipvs_class(err: &kipvs_ipvs::Error) -> &'static str {
     if err.is_exists() {

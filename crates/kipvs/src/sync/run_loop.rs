@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::cluster::{Applied, ClusterView};
 use super::kernel::{Kernel, Report};
+use crate::owners::Recorder;
 use crate::servers::metrics::OperationLabels;
 use crate::servers::Shared;
 
@@ -88,6 +89,8 @@ pub struct SyncLoop<K: Kernel> {
     have_slices: bool,
     /// Where warnings about Services go besides the log (Kubernetes Events).
     warning_sink: Option<Box<dyn WarningSink>>,
+    /// Keeps the owners file up to date (not in dry runs).
+    owners: Option<Recorder>,
 }
 
 /// Receives what the loop learns about Services' problems: the daemon turns warnings
@@ -143,7 +146,15 @@ impl<K: Kernel> SyncLoop<K> {
             have_services: false,
             have_slices: false,
             warning_sink: None,
+            owners: None,
         }
+    }
+
+    /// The same loop, also keeping the owners file `recorder` writes up to date after
+    /// every pass.
+    pub fn with_owners_recorder(mut self, recorder: Recorder) -> Self {
+        self.owners = Some(recorder);
+        self
     }
 
     /// The same loop, also handing every warning about a Service to `sink`.
@@ -268,6 +279,9 @@ impl<K: Kernel> SyncLoop<K> {
             let plan = self.proxier.sync(self.moment(now));
             (Pass::Sync, Ok(self.carry_out(&plan)))
         };
+        if let Some(recorder) = &mut self.owners {
+            recorder.record(&self.proxier);
+        }
         let elapsed = started.elapsed().as_secs_f64();
         let metrics = &self.shared.metrics;
         metrics.sync_duration.observe(elapsed);

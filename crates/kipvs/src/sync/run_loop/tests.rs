@@ -341,3 +341,49 @@ fn warnings_go_to_the_sink_and_are_cleared_when_fixed_or_deleted() {
     ));
     assert_eq!(take(), ["clear shop/web"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_owners_file_follows_services_and_is_rewritten_only_when_they_change() {
+    let dir = std::env::temp_dir().join(format!("kipvs-loop-owners-{}", std::process::id()));
+    let path = dir.join("owners.json");
+    let recorder = crate::owners::Recorder::new(path.clone(), "node-a");
+    let mut l = new_loop(SimulatedKernel::default()).with_owners_recorder(recorder);
+    let (tx, mut rx) = mpsc::channel(8);
+    feed_example(&mut l);
+    run_for(&mut l, &mut rx, Duration::from_secs(5)).await;
+    let owners = crate::owners::Owners::load(&path).unwrap();
+    assert_eq!(owners.len(), 5);
+    assert_eq!(
+        owners.get(&key("10.96.0.1", 443)),
+        Some("default/kubernetes:https")
+    );
+    assert_eq!(owners.get(&key("10.96.10.20", 80)), Some("shop/web:http"));
+
+    // An endpoint change leaves the file alone (same inode, not rewritten)...
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    std::fs::write(&path, "sentinel").unwrap();
+    let before = stamp(&path);
+    let slice = kipvs_kube::source::ObjectKey {
+        namespace: "shop".into(),
+        name: "web-abc12".into(),
+    };
+    tx.send(ClusterEvent::SliceDeleted(slice)).await.unwrap();
+    run_for(&mut l, &mut rx, Duration::from_secs(2)).await;
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "sentinel");
+    assert_eq!(stamp(&path), before);
+
+    // ...a Service going away rewrites it.
+    let web = kipvs_kube::source::ObjectKey {
+        namespace: "shop".into(),
+        name: "web".into(),
+    };
+    tx.send(ClusterEvent::ServiceDeleted(web)).await.unwrap();
+    run_for(&mut l, &mut rx, Duration::from_secs(2)).await;
+    let owners = crate::owners::Owners::load(&path).unwrap();
+    assert_eq!(owners.get(&key("10.96.10.20", 80)), None);
+    assert_eq!(
+        owners.get(&key("10.96.0.1", 443)),
+        Some("default/kubernetes:https")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
