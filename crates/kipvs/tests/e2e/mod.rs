@@ -1,0 +1,650 @@
+//! The end-to-end topology shared by the `kernel_e2e*` tests: a node running the real
+//! `kipvs run --state FILE`, pods routed to it Calico-style, an external client, and
+//! clients and servers that are threads of the test process.
+//!
+//! ```text
+//!   client netns                 node netns (kipvs run)                pod netns (one each)
+//!   eth0 192.168.1.100/24 ─veth─ eth0 192.168.1.10/24
+//!        192.168.1.101/24        caliN (no address, proxy_arp) ─veth─ eth0 10.244.1.N/32
+//!   default via .10              10.244.1.N/32 dev caliN              default via 169.254.1.1
+//!                                default via .100
+//! ```
+//!
+//! The node's default route (the client stands for the upstream router) is what makes
+//! proxy ARP answer for the pods' gateway 169.254.1.1, as on a Calico node.
+//!
+//! Every pod answers on TCP and UDP port [`POD_PORT`] with its name and the source
+//! address it saw, so a test asserts what a client got: which pod, through which
+//! translation. Servers and clients only *create* their sockets inside a namespace (a
+//! socket stays in the namespace it was made in), so the threads that serve them need
+//! not enter anything.
+//!
+//! Services and EndpointSlices are written as YAML to the state file `kipvs run`
+//! follows; [`Cluster::apply`] replaces the whole file atomically.
+
+// Each kernel_e2e* binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kipvs_testkit::{terminate, wait_for, Netns};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+use nix::sys::time::TimeVal;
+
+/// The kipvs binary under test.
+pub const KIPVS: &str = env!("CARGO_BIN_EXE_kipvs");
+/// This node's name, as kipvs is told with `--hostname-override`.
+pub const NODE: &str = "node-a";
+/// Another node's name: endpoints on it are not local (the pods are still reachable
+/// from this node, as they would be one hop further on a real cluster).
+pub const OTHER_NODE: &str = "node-b";
+/// The node's address on the client-facing link.
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
+/// The external client's first address.
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 100);
+/// The external client's second address (for source-range tests).
+pub const CLIENT_IP_2: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 101);
+/// The port every pod serves on, TCP and UDP.
+pub const POD_PORT: u16 = 8080;
+/// How long a client waits to connect or for an answer.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a pod answered: its name and the source address it saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The pod's name.
+    pub pod: String,
+    /// The client address as the pod saw it (after any masquerade).
+    pub source: IpAddr,
+}
+
+impl Reply {
+    fn parse(line: &str) -> io::Result<Reply> {
+        let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("reply {line:?}"));
+        let (pod, source) = line.trim().split_once(' ').ok_or_else(bad)?;
+        Ok(Reply {
+            pod: pod.to_owned(),
+            source: source.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// A pod: its own namespace, an address routed from the node, TCP and UDP servers.
+#[derive(Debug)]
+pub struct Pod {
+    /// Its name, which it answers with.
+    pub name: String,
+    /// Its IPv4 address.
+    pub ip: Ipv4Addr,
+    /// The node the EndpointSlices say it runs on.
+    pub node: &'static str,
+    /// Its namespace.
+    pub ns: Netns,
+}
+
+/// One endpoint of a Service, as an EndpointSlice lists it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The pod's address.
+    pub ip: IpAddr,
+    /// The node it runs on.
+    pub node: &'static str,
+    /// `conditions.ready`.
+    pub ready: bool,
+    /// `conditions.serving`.
+    pub serving: bool,
+    /// `conditions.terminating`.
+    pub terminating: bool,
+}
+
+impl Endpoint {
+    /// A ready endpoint for `pod`.
+    pub fn ready(pod: &Pod) -> Endpoint {
+        Endpoint {
+            ip: IpAddr::V4(pod.ip),
+            node: pod.node,
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
+    }
+
+    /// A terminating endpoint for `pod` that still serves (a pod being rolled away).
+    pub fn terminating(pod: &Pod) -> Endpoint {
+        Endpoint {
+            ready: false,
+            serving: true,
+            terminating: true,
+            ..Endpoint::ready(pod)
+        }
+    }
+}
+
+/// One Service port.
+#[derive(Debug, Clone)]
+pub struct Port {
+    /// Its name (also the EndpointSlice port's).
+    pub name: &'static str,
+    /// `TCP` or `UDP`.
+    pub protocol: &'static str,
+    /// The Service port.
+    pub port: u16,
+    /// The NodePort, when the Service has one.
+    pub node_port: Option<u16>,
+}
+
+/// A Service with its endpoints, rendered as a Service and one EndpointSlice.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// Its name (namespace `e2e`).
+    pub name: &'static str,
+    /// `ClusterIP`, `NodePort` or `LoadBalancer`.
+    pub kind: &'static str,
+    /// The ClusterIP.
+    pub cluster_ip: IpAddr,
+    /// Its ports; each targets [`POD_PORT`].
+    pub ports: Vec<Port>,
+    /// `spec.externalIPs`.
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip`.
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges`.
+    pub source_ranges: Vec<&'static str>,
+    /// `spec.externalTrafficPolicy: Local` when true.
+    pub external_local: bool,
+    /// `spec.sessionAffinity: ClientIP` with this timeout, when set.
+    pub affinity_seconds: Option<u32>,
+    /// Annotations.
+    pub annotations: Vec<(&'static str, &'static str)>,
+    /// The endpoints.
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl Service {
+    /// A ClusterIP Service with one TCP and one UDP port (both `port`), on `endpoints`.
+    pub fn cluster_ip(name: &'static str, ip: &str, port: u16, endpoints: &[&Pod]) -> Service {
+        Service {
+            name,
+            kind: "ClusterIP",
+            cluster_ip: ip.parse().expect("a test ClusterIP"),
+            ports: vec![
+                Port {
+                    name: "tcp",
+                    protocol: "TCP",
+                    port,
+                    node_port: None,
+                },
+                Port {
+                    name: "udp",
+                    protocol: "UDP",
+                    port,
+                    node_port: None,
+                },
+            ],
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            source_ranges: Vec::new(),
+            external_local: false,
+            affinity_seconds: None,
+            annotations: Vec::new(),
+            endpoints: endpoints.iter().map(|p| Endpoint::ready(p)).collect(),
+        }
+    }
+
+    /// Makes it a NodePort Service, its TCP port on `tcp` and its UDP port on `udp`.
+    pub fn node_port(mut self, tcp: u16, udp: u16) -> Service {
+        self.kind = "NodePort";
+        for p in &mut self.ports {
+            p.node_port = Some(if p.protocol == "TCP" { tcp } else { udp });
+        }
+        self
+    }
+
+    /// Renders the Service and its EndpointSlice as two YAML documents.
+    pub fn yaml(&self) -> String {
+        let mut y = String::new();
+        let ip = self.cluster_ip;
+        y.push_str("apiVersion: v1\nkind: Service\nmetadata:\n");
+        let _ = writeln!(y, "  name: {}\n  namespace: e2e", self.name);
+        if !self.annotations.is_empty() {
+            y.push_str("  annotations:\n");
+            for (k, v) in &self.annotations {
+                let _ = writeln!(y, "    {k}: \"{v}\"");
+            }
+        }
+        let family = match ip {
+            IpAddr::V4(_) => "IPv4",
+            IpAddr::V6(_) => "IPv6",
+        };
+        let _ = writeln!(
+            y,
+            "spec:\n  type: {}\n  clusterIP: \"{ip}\"\n  clusterIPs: [\"{ip}\"]\n  ipFamilies: [{family}]",
+            self.kind
+        );
+        if !self.external_ips.is_empty() {
+            let _ = writeln!(y, "  externalIPs: [{}]", quoted(&self.external_ips));
+        }
+        if !self.source_ranges.is_empty() {
+            let _ = writeln!(
+                y,
+                "  loadBalancerSourceRanges: [{}]",
+                quoted(&self.source_ranges)
+            );
+        }
+        if self.external_local {
+            y.push_str("  externalTrafficPolicy: Local\n");
+        }
+        if let Some(seconds) = self.affinity_seconds {
+            let _ = writeln!(
+                y,
+                "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: {seconds}}}}}"
+            );
+        }
+        y.push_str("  ports:\n");
+        for p in &self.ports {
+            let _ = write!(
+                y,
+                "  - {{name: {}, protocol: {}, port: {}, targetPort: {POD_PORT}",
+                p.name, p.protocol, p.port
+            );
+            if let Some(np) = p.node_port {
+                let _ = write!(y, ", nodePort: {np}");
+            }
+            y.push_str("}\n");
+        }
+        if !self.load_balancer_ips.is_empty() {
+            y.push_str("status:\n  loadBalancer:\n    ingress:\n");
+            for lb in &self.load_balancer_ips {
+                let _ = writeln!(y, "    - ip: \"{lb}\"");
+            }
+        }
+        y.push_str("---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n");
+        let _ = writeln!(
+            y,
+            "  name: {}-1\n  namespace: e2e\n  labels: {{kubernetes.io/service-name: {}}}\naddressType: {family}\nendpoints:",
+            self.name, self.name
+        );
+        if self.endpoints.is_empty() {
+            y.push_str("  []\n");
+        }
+        for e in &self.endpoints {
+            let _ = writeln!(
+                y,
+                "- addresses: [\"{}\"]\n  nodeName: {}\n  conditions: {{ready: {}, serving: {}, terminating: {}}}",
+                e.ip, e.node, e.ready, e.serving, e.terminating
+            );
+        }
+        y.push_str("ports:\n");
+        for p in &self.ports {
+            let _ = writeln!(
+                y,
+                "- {{name: {}, protocol: {}, port: {POD_PORT}}}",
+                p.name, p.protocol
+            );
+        }
+        y
+    }
+}
+
+fn quoted<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The whole topology: node, client, pods, and the kipvs process once started.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The node's namespace, where kipvs runs.
+    pub node: Netns,
+    /// The external client's namespace (addresses [`CLIENT_IP`] and [`CLIENT_IP_2`]).
+    pub client: Netns,
+    /// The pods, in the order they were added.
+    pub pods: Vec<Pod>,
+    dir: PathBuf,
+    config: PathBuf,
+    state: PathBuf,
+    kipvs: Option<Child>,
+}
+
+impl Cluster {
+    /// Builds the node and the client, with `extra_ipvs` (`, key: value` pairs) added to
+    /// the configuration's `ipvs` block.
+    pub fn new(test: &str, extra_ipvs: &str) -> Cluster {
+        let node = Netns::new();
+        let client = Netns::new();
+        node.sh(&format!(
+            "sysctl -qw net.ipv4.ip_forward=1
+             ip link add eth0 type veth peer name eth0 netns {client}
+             ip addr add {NODE_IP}/24 dev eth0
+             ip link set eth0 up
+             ip route add default via {CLIENT_IP}",
+            client = client.name()
+        ));
+        client.sh(&format!(
+            "ip addr add {CLIENT_IP}/24 dev eth0
+             ip addr add {CLIENT_IP_2}/24 dev eth0
+             ip link set eth0 up
+             ip route add default via {NODE_IP}"
+        ));
+        let dir = std::env::temp_dir().join(format!("kipvs-e2e-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        let config = dir.join("config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\n\
+                 clusterCIDR: 10.244.0.0/16\nhealthzBindAddress: 127.0.0.1:10256\nmetricsBindAddress: 127.0.0.1:10249\n\
+                 ipvs: {{syncPeriod: 30s, minSyncPeriod: 0s{extra_ipvs}}}\n"
+            ),
+        )
+        .expect("config written");
+        let state = dir.join("state.yaml");
+        Cluster {
+            node,
+            client,
+            pods: Vec::new(),
+            dir,
+            config,
+            state,
+            kipvs: None,
+        }
+    }
+
+    /// Adds a pod on `node` (its address 10.244.1.N in order of creation), serving TCP and
+    /// UDP on [`POD_PORT`], and returns its index in [`Cluster::pods`].
+    pub fn add_pod(&mut self, name: &str, node: &'static str) -> usize {
+        let index = self.pods.len();
+        let n = u8::try_from(index + 2).expect("fewer than 250 pods");
+        let ip = Ipv4Addr::new(10, 244, 1, n);
+        let ns = Netns::new();
+        let veth = format!("cali{n}");
+        self.node.sh(&format!(
+            "ip link add {veth} type veth peer name eth0 netns {pod}
+             ip link set {veth} up
+             sysctl -qw net.ipv4.conf.{veth}.proxy_arp=1
+             ip route add {ip}/32 dev {veth}",
+            pod = ns.name()
+        ));
+        ns.sh(&format!(
+            "ip addr add {ip}/32 dev eth0
+             ip link set eth0 up
+             ip route add 169.254.1.1 dev eth0 scope link
+             ip route add default via 169.254.1.1 dev eth0"
+        ));
+        serve(&ns, name);
+        self.pods.push(Pod {
+            name: name.to_owned(),
+            ip,
+            node,
+            ns,
+        });
+        index
+    }
+
+    /// Adds pods named `prefix-0`, `prefix-1`, ... on this node and returns their indices.
+    pub fn add_pods(&mut self, prefix: &str, count: usize) -> Vec<usize> {
+        (0..count)
+            .map(|i| self.add_pod(&format!("{prefix}-{i}"), NODE))
+            .collect()
+    }
+
+    /// The pod at `index`.
+    pub fn pod(&self, index: usize) -> &Pod {
+        &self.pods[index]
+    }
+
+    /// Writes the state file: this node and `services`, replacing what was there in one
+    /// rename (kipvs never reads half a file).
+    pub fn apply(&self, services: &[Service]) {
+        let mut text = format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {NODE}}}\nstatus:\n  addresses:\n  - {{type: InternalIP, address: {NODE_IP}}}\n"
+        );
+        for s in services {
+            text.push_str("---\n");
+            text.push_str(&s.yaml());
+        }
+        let tmp = self.dir.join("state.yaml.tmp");
+        std::fs::write(&tmp, text).expect("state written");
+        std::fs::rename(&tmp, &self.state).expect("state renamed");
+    }
+
+    /// The state file's path.
+    pub fn state_path(&self) -> &Path {
+        &self.state
+    }
+
+    /// Starts `kipvs run --state` in the node (after [`Cluster::apply`]) and waits until
+    /// the kernel holds what it plans.
+    pub fn start(&mut self) {
+        assert!(self.kipvs.is_none(), "kipvs already runs");
+        let child = Command::new("ip")
+            .args(["netns", "exec", self.node.name(), KIPVS, "run", "--state"])
+            .arg(&self.state)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--hostname-override", NODE])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("kipvs starts");
+        self.kipvs = Some(child);
+        self.wait_synced();
+    }
+
+    /// Stops kipvs with SIGTERM (it must exit cleanly, leaving the rules).
+    pub fn stop(&mut self) {
+        if let Some(child) = self.kipvs.take() {
+            terminate(child);
+        }
+    }
+
+    /// Waits until `kipvs plan --diff` finds nothing left to do for the state file: the
+    /// IPVS table, kube-ipvs0's addresses and the ipsets are what the file asks for.
+    pub fn wait_synced(&self) {
+        let state = self.state.display().to_string();
+        let config = self.config.display().to_string();
+        let args = [
+            "plan",
+            "--diff",
+            "--state",
+            &state,
+            "--config",
+            &config,
+            "--hostname-override",
+            NODE,
+        ];
+        let start = std::time::Instant::now();
+        loop {
+            let out = self.node.run(KIPVS, &args);
+            let last = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if out.status.success() && out.stdout.is_empty() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "kipvs did not converge; plan --diff still says:\n{last}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        // iptables rules follow the sets in the same sync: let that finish too.
+        wait_for("KUBE-POSTROUTING", Duration::from_secs(30), || {
+            self.node
+                .run_ok("iptables-save", &["-t", "nat"])
+                .contains("-A KUBE-POSTROUTING")
+        });
+    }
+
+    /// `ipvsadm -Ln` in the node.
+    pub fn ipvsadm(&self) -> String {
+        self.node.run_ok("ipvsadm", &["-Ln"])
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.kipvs.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts `name`'s TCP and UDP servers on [`POD_PORT`] in `ns` (both families).
+fn serve(ns: &Netns, name: &str) {
+    let (tcp, udp) = {
+        let _inside = ns.enter();
+        (
+            TcpListener::bind(("::", POD_PORT)).expect("pod TCP listener"),
+            UdpSocket::bind(("::", POD_PORT)).expect("pod UDP socket"),
+        )
+    };
+    let tcp_name = name.to_owned();
+    std::thread::spawn(move || {
+        for stream in tcp.incoming().flatten() {
+            let name = tcp_name.clone();
+            std::thread::spawn(move || answer_lines(stream, &name));
+        }
+    });
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((_, peer)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(
+                format!("{name} {}\n", peer.ip().to_canonical()).as_bytes(),
+                peer,
+            );
+        }
+    });
+}
+
+/// Answers every line a client sends with the pod's name and the client's address,
+/// until the client closes.
+fn answer_lines(stream: TcpStream, name: &str) {
+    let Ok(peer) = stream.peer_addr() else { return };
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let reply = format!("{name} {}\n", peer.ip().to_canonical());
+    for line in BufReader::new(stream).lines() {
+        if line.is_err() || writer.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A TCP connection to a Service, kept open across requests.
+#[derive(Debug)]
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    /// Connects from `ns`, from `source` when given (else the route's address), to `dst`.
+    pub fn open(ns: &Netns, source: Option<IpAddr>, dst: SocketAddr) -> io::Result<Conn> {
+        let stream = {
+            let _inside = ns.enter();
+            connect(source, dst)?
+        };
+        stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+        stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+        Ok(Conn {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Sends one request and reads the pod's answer.
+    pub fn ask(&mut self) -> io::Result<Reply> {
+        self.reader.get_mut().write_all(b"?\n")?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        Reply::parse(&line)
+    }
+}
+
+fn connect(source: Option<IpAddr>, dst: SocketAddr) -> io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect_timeout(&dst, CLIENT_TIMEOUT);
+    };
+    let family = match dst {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd: OwnedFd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    // On Linux the send timeout bounds connect() too.
+    let timeout = TimeVal::new(i64::try_from(CLIENT_TIMEOUT.as_secs()).unwrap_or(3), 0);
+    socket::setsockopt(&fd, sockopt::SendTimeout, &timeout)?;
+    socket::bind(
+        fd.as_raw_fd(),
+        &SockaddrStorage::from(SocketAddr::new(source, 0)),
+    )?;
+    socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(dst))?;
+    Ok(TcpStream::from(fd))
+}
+
+/// One request on a fresh TCP connection from `ns` to `dst`.
+pub fn tcp(ns: &Netns, dst: SocketAddr) -> io::Result<Reply> {
+    tcp_from(ns, None, dst)
+}
+
+/// One request on a fresh TCP connection from `ns`, from `source`, to `dst`.
+pub fn tcp_from(ns: &Netns, source: Option<IpAddr>, dst: SocketAddr) -> io::Result<Reply> {
+    Conn::open(ns, source, dst)?.ask()
+}
+
+/// One datagram from `ns` (a fresh socket, so a fresh source port) to `dst`, and its
+/// answer.
+pub fn udp(ns: &Netns, dst: SocketAddr) -> io::Result<Reply> {
+    let socket = {
+        let _inside = ns.enter();
+        let any: SocketAddr = match dst {
+            SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("an address"),
+            SocketAddr::V6(_) => "[::]:0".parse().expect("an address"),
+        };
+        UdpSocket::bind(any)?
+    };
+    socket.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    socket.connect(dst)?;
+    socket.send(b"?\n")?;
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf)?;
+    Reply::parse(&String::from_utf8_lossy(&buf[..n]))
+}
+
+/// `count` requests on fresh TCP connections; the pods that answered, by name, with how
+/// many answers each. Any failure fails the test, with its number.
+pub fn spread(
+    ns: &Netns,
+    dst: SocketAddr,
+    count: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut by_pod = std::collections::BTreeMap::new();
+    for i in 0..count {
+        let reply = tcp(ns, dst).unwrap_or_else(|e| panic!("request {i} to {dst} failed: {e}"));
+        *by_pod.entry(reply.pod).or_insert(0) += 1;
+    }
+    by_pod
+}
+
+/// `ip:port` as a socket address.
+pub fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("a test address"), port)
+}
