@@ -120,24 +120,25 @@ const EXAMPLE_IPVS: &str = "\
 ";
 
 fn http_get(ns: &Netns, port: u16, path: &str) -> (u16, String) {
+    let (status, _, body) = try_http_get(ns, port, path).unwrap();
+    (status, body)
+}
+
+/// A GET on 127.0.0.1:`port` in the namespace: status, lower-cased head and body; an
+/// error when nothing listens.
+fn try_http_get(ns: &Netns, port: u16, path: &str) -> std::io::Result<(u16, String, String)> {
     let _inside = ns.enter();
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: kipvs\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    )?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    stream.read_to_string(&mut response)?;
     let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    Ok((status, head.to_lowercase(), body.to_owned()))
 }
 
 #[test]
@@ -366,4 +367,136 @@ fn ipvs_timeouts_from_the_config_reach_the_kernel_and_zero_leaves_a_value_alone(
     );
     let timeouts = ns.run_ok("ipvsadm", &["-L", "--timeout"]);
     assert_eq!(timeouts.trim(), "Timeout (tcp tcpfin udp): 900 10 200");
+}
+
+/// A LoadBalancer Service `shop/NAME` with `externalTrafficPolicy: Local` and a
+/// healthCheckNodePort, and its slice with `endpoints` (YAML flow list items).
+fn local_load_balancer(name: &str, cluster_ip: &str, hc_port: u16, endpoints: &str) -> String {
+    format!(
+        "---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  type: LoadBalancer
+  clusterIP: {cluster_ip}
+  clusterIPs: [{cluster_ip}]
+  externalTrafficPolicy: Local
+  healthCheckNodePort: {hc_port}
+  ports: [{{name: http, protocol: TCP, port: 80, targetPort: 8080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+endpoints: [{endpoints}]
+ports: [{{name: http, protocol: TCP, port: 8080}}]
+"
+    )
+}
+
+/// Writes the state file atomically, so kipvs never reads half of it.
+fn write_state(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+#[ignore = "kernel: run by tests/run"]
+fn health_check_node_ports_answer_with_local_endpoints_and_close_when_the_service_goes() {
+    const LOCAL_READY: &str =
+        "{addresses: [10.244.1.9], conditions: {ready: true}, nodeName: node-a}";
+    const REMOTE_READY: &str =
+        "{addresses: [10.244.2.9], conditions: {ready: true}, nodeName: node-b}";
+    const LOCAL_NOT_READY: &str =
+        "{addresses: [10.244.1.9], conditions: {ready: false}, nodeName: node-a}";
+    let ns = node();
+    let dir = scratch("healthcheck");
+    let cfg = config(&dir, "2s");
+    let example = std::fs::read_to_string(repo_file("examples/cluster.yaml")).unwrap();
+    let state_path = dir.join("state.yaml");
+    // `busy`'s port is taken by another program: kipvs warns and serves the rest.
+    let with = |endpoints: &str| {
+        format!(
+            "{example}{}{}",
+            local_load_balancer("lb", "10.96.20.1", 32100, endpoints),
+            local_load_balancer("busy", "10.96.20.2", 32101, LOCAL_READY)
+        )
+    };
+    write_state(&state_path, &with(REMOTE_READY));
+    let squatter = {
+        let _inside = ns.enter();
+        std::net::TcpListener::bind(("0.0.0.0", 32101)).unwrap()
+    };
+    let log = dir.join("kipvs.log");
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns.name(), KIPVS, "run", "--state"])
+        .arg(&state_path)
+        .args(["--config", &cfg, "--hostname-override", "node-a"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+
+    // No local endpoint: 503, on any path, with kube-proxy's headers and JSON.
+    wait_for("the health check server", Duration::from_secs(60), || {
+        try_http_get(&ns, 32100, "/").is_ok()
+    });
+    let (status, head, body) = try_http_get(&ns, 32100, "/anything").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"service": {"namespace": "shop", "name": "lb"},
+                           "localEndpoints": 0, "serviceProxyHealthy": true})
+    );
+
+    // A ready endpoint on this node: 200.
+    write_state(
+        &state_path,
+        &with(&format!("{LOCAL_READY}, {REMOTE_READY}")),
+    );
+    wait_for(
+        "200 with one local endpoint",
+        Duration::from_secs(60),
+        || try_http_get(&ns, 32100, "/healthz").is_ok_and(|(s, _, _)| s == 200),
+    );
+    let (_, _, body) = try_http_get(&ns, 32100, "/").unwrap();
+    assert_eq!(
+        body,
+        "{\n\t\"service\": {\n\t\t\"namespace\": \"shop\",\n\t\t\"name\": \"lb\"\n\t},\n\t\"localEndpoints\": 1,\n\t\"serviceProxyHealthy\": true\n}"
+    );
+
+    // It stops being ready: 503 again.
+    write_state(&state_path, &with(LOCAL_NOT_READY));
+    wait_for(
+        "503 once the endpoint is not ready",
+        Duration::from_secs(60),
+        || try_http_get(&ns, 32100, "/").is_ok_and(|(s, _, _)| s == 503),
+    );
+
+    // The busy port was reported, and everything else works.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("cannot open health check port"), "{logged}");
+    assert!(ipvs(&ns).contains("-A -t 10.96.20.2:80"), "{}", ipvs(&ns));
+
+    // The port is freed: kipvs opens it at a later sync.
+    drop(squatter);
+    wait_for(
+        "busy's server once its port is free",
+        Duration::from_secs(60),
+        || try_http_get(&ns, 32101, "/").is_ok_and(|(s, _, _)| s == 200),
+    );
+
+    // The Service goes: its port closes.
+    write_state(&state_path, &example);
+    wait_for(
+        "the health check ports to close",
+        Duration::from_secs(60),
+        || try_http_get(&ns, 32100, "/").is_err() && try_http_get(&ns, 32101, "/").is_err(),
+    );
+    terminate(child);
 }

@@ -2,7 +2,8 @@
 //!
 //! Reads the configuration (refusing a bad one with the reason), prepares the node
 //! without removing anything that carries traffic, starts the health and metrics
-//! servers, then runs the sync loop on events from the cluster source. SIGTERM and
+//! servers, then runs the sync loop on events from the cluster source, with the
+//! healthCheckNodePort servers following it (not in dry runs). SIGTERM and
 //! SIGINT stop it and leave every rule in place, as kube-proxy does.
 
 use std::process::ExitCode;
@@ -13,11 +14,13 @@ use kipvs_kube::events::{EventRecorder, ServiceRef};
 use kipvs_kube::source::{self, ClusterEvent};
 use kipvs_kube::watch::{watch_cluster, WatchConfig};
 use kipvs_proxy::Proxier;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::cli::RunArgs;
 use crate::config::{Config, LogFormat};
 use crate::owners::{self, Recorder};
+use crate::servers::service_health::listeners::{self, Reporter};
+use crate::servers::service_health::HealthChecks;
 use crate::servers::{self, health::ProxyHealth, Shared};
 use crate::sync::kernel::{Kernel, SimulatedKernel};
 use crate::sync::node::{local_addresses, NodeKernel};
@@ -155,7 +158,10 @@ async fn run(args: &RunArgs, config: Config) -> ExitCode {
     let proxier = Proxier::new(config.core(&addresses), node);
     tracing::info!(node = %node_name, dry_run = args.dry_run, "kipvs starting");
 
-    let sink = recorder.map(|recorder| -> Box<dyn WarningSink> { Box::new(Events(recorder)) });
+    let events = recorder;
+    let sink = events
+        .clone()
+        .map(|recorder| -> Box<dyn WarningSink> { Box::new(Events(recorder)) });
     let outcome = if args.dry_run {
         let kernel = DryRun(SimulatedKernel::default());
         let sync = SyncLoop::new(proxier, &node_name, kernel, shared, timing);
@@ -170,8 +176,15 @@ async fn run(args: &RunArgs, config: Config) -> ExitCode {
         };
         let recorder = Recorder::new(owners::path(args.owners_file.as_deref()), &node_name);
         tracing::info!(path = %recorder.path().display(), "recording Service ownership");
+        let (health_checks, wanted) = watch::channel(HealthChecks::default());
+        let reporter = Reporter {
+            node_name: node_name.clone(),
+            events: events.clone(),
+        };
+        tokio::spawn(listeners::run(wanted, Arc::clone(&shared), reporter));
         let sync = SyncLoop::new(proxier, &node_name, kernel, shared, timing)
-            .with_owners_recorder(recorder);
+            .with_owners_recorder(recorder)
+            .with_health_checks(health_checks);
         drive(with_sink(sync, sink), rx, mode).await
     };
     match outcome {

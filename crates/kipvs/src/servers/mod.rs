@@ -1,8 +1,10 @@
 //! kipvs' HTTP endpoints, as kube-proxy serves them: health (`/healthz`, `/livez`) on
-//! healthzBindAddress; `/metrics`, `/proxyMode` and `/healthz` on metricsBindAddress.
+//! healthzBindAddress; `/metrics`, `/proxyMode` and `/healthz` on metricsBindAddress;
+//! one healthCheckNodePort server per Local-policy LoadBalancer ([`service_health`]).
 
 pub mod health;
 pub mod metrics;
+pub mod service_health;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -41,7 +43,8 @@ impl Shared {
     }
 }
 
-fn json(answer: HealthAnswer) -> Response {
+/// A health answer as an HTTP response with kube-proxy's headers.
+pub(crate) fn json(answer: HealthAnswer) -> Response {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     (
         status,

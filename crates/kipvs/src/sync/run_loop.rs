@@ -17,13 +17,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kipvs_kube::source::ClusterEvent;
 use kipvs_proxy::{Moment, Plan, Proxier};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::cluster::{Applied, ClusterView};
 use super::kernel::{Kernel, Report};
 use crate::owners::Recorder;
 use crate::servers::metrics::OperationLabels;
+use crate::servers::service_health::{self, HealthChecks};
 use crate::servers::Shared;
 
 /// Timing of the loop (from the configuration).
@@ -91,6 +92,8 @@ pub struct SyncLoop<K: Kernel> {
     warning_sink: Option<Box<dyn WarningSink>>,
     /// Keeps the owners file up to date (not in dry runs).
     owners: Option<Recorder>,
+    /// Where the healthCheckNodePort servers wanted after each pass are published.
+    health_checks: Option<watch::Sender<HealthChecks>>,
 }
 
 /// Receives what the loop learns about Services' problems: the daemon turns warnings
@@ -147,6 +150,7 @@ impl<K: Kernel> SyncLoop<K> {
             have_slices: false,
             warning_sink: None,
             owners: None,
+            health_checks: None,
         }
     }
 
@@ -154,6 +158,13 @@ impl<K: Kernel> SyncLoop<K> {
     /// every pass.
     pub fn with_owners_recorder(mut self, recorder: Recorder) -> Self {
         self.owners = Some(recorder);
+        self
+    }
+
+    /// The same loop, also publishing after every pass which healthCheckNodePort
+    /// servers should run, with their counts of ready local endpoints.
+    pub fn with_health_checks(mut self, sender: watch::Sender<HealthChecks>) -> Self {
+        self.health_checks = Some(sender);
         self
     }
 
@@ -281,6 +292,11 @@ impl<K: Kernel> SyncLoop<K> {
         };
         if let Some(recorder) = &mut self.owners {
             recorder.record(&self.proxier);
+        }
+        if let Some(sender) = &self.health_checks {
+            // Sent at every pass, changed or not: the servers retry a port that could
+            // not be opened, as kube-proxy does at every sync.
+            sender.send_replace(service_health::wanted(&self.proxier));
         }
         let elapsed = started.elapsed().as_secs_f64();
         let metrics = &self.shared.metrics;
