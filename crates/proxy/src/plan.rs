@@ -198,34 +198,26 @@ pub(crate) fn plan_full(
     drain: &mut Drain,
     now: Moment,
 ) -> Plan {
-    let mut keys: Vec<ServiceKey> = desired
-        .keys()
-        .chain(kernel.services.keys())
-        .copied()
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let mut addresses: Vec<IpAddr> = desired
-        .addresses()
-        .chain(kernel.addresses.iter())
-        .copied()
-        .collect();
-    addresses.sort_unstable();
-    addresses.dedup();
-    let mut members: Vec<Entry> = desired
-        .members()
-        .chain(kernel.members.iter())
-        .copied()
-        .collect();
-    members.sort_unstable();
-    members.dedup();
-    let touched = Touched {
-        keys,
-        addresses,
-        members,
+    let mut touched = Touched {
+        keys: desired
+            .keys()
+            .chain(kernel.services.keys())
+            .copied()
+            .collect(),
+        addresses: desired
+            .addresses()
+            .chain(kernel.addresses.iter())
+            .copied()
+            .collect(),
+        members: desired
+            .members()
+            .chain(kernel.members.iter())
+            .copied()
+            .collect(),
         iptables: true,
         owners: true,
     };
+    touched.normalize();
     let mut plan = Plan::default();
     // An empty kernel needs one operation per service and per destination: reserve it
     // at once rather than copying the list as it grows.
