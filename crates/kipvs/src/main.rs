@@ -9,15 +9,17 @@ use kipvs::cli::{Cli, Command};
 use kipvs::commands;
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Run(args) => commands::run::main(&args),
-        Command::Plan(args) => commands::plan::main(&args),
-        Command::Dump(args) => commands::dump::main(&args),
-        Command::Cleanup(args) => commands::cleanup::main(&args),
-        Command::Prepare(args) => commands::prepare::main(&args),
+    let (name, result) = match Cli::parse().command {
+        Command::Run(args) => ("run", commands::run::main(&args)),
+        Command::Plan(args) => ("plan", commands::plan::main(&args)),
+        Command::Dump(args) => ("dump", commands::dump::main(&args)),
+        Command::Cleanup(args) => ("cleanup", commands::cleanup::main(&args)),
+        Command::Prepare(args) => ("prepare", commands::prepare::main(&args)),
         Command::Version => {
             println!("kipvs {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+            ("version", Ok(ExitCode::SUCCESS))
         }
-    }
+    };
+    // The one place a command's failure reaches the user: one line, non-zero status.
+    result.unwrap_or_else(|failure| failure.exit(name))
 }

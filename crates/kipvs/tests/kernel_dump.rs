@@ -269,25 +269,3 @@ fn dump_json_holds_the_same_table_in_the_same_order() {
         "{vip}"
     );
 }
-
-#[test]
-#[ignore = "kernel: run by tests/run"]
-fn dump_without_privileges_says_what_to_do_in_one_line() {
-    let ns = Netns::new();
-    let out = ns.run(
-        "setpriv",
-        &[
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            KIPVS,
-            "dump",
-        ],
-    );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("CAP_NET_ADMIN"), "{err}");
-}

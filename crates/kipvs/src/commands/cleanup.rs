@@ -13,6 +13,7 @@ use kipvs_host::iptables::Backend;
 use kipvs_ipvs::{Client, Table};
 use kipvs_proxy::{Node, Observed};
 
+use super::Failure;
 use crate::cli::CleanupArgs;
 use crate::commands::run::LINK_NAME;
 use crate::config::Config;
@@ -35,16 +36,16 @@ pub struct Removed {
 ///
 /// Fails when a kernel read or removal fails; what could be removed before is gone, and
 /// running it again continues from there.
-pub async fn cleanup(config: &Config) -> Result<Removed, String> {
+pub async fn cleanup(config: &Config) -> Result<Removed, Failure> {
     let mut removed = Removed::default();
     // No IPVS module means no IPVS state to remove.
     let mut ipvs = match Client::new() {
         Ok(client) => Some(client),
         Err(kipvs_ipvs::Error::Unavailable) => None,
-        Err(err) => return Err(err.to_string()),
+        Err(err) => return Err(err.into()),
     };
     let table = match ipvs.as_mut() {
-        Some(client) => client.table().map_err(|e| e.to_string())?,
+        Some(client) => client.table()?,
         None => Table::default(),
     };
     let (addresses, ipsets) = read_host_state(LINK_NAME).await?;
@@ -53,7 +54,8 @@ pub async fn cleanup(config: &Config) -> Result<Removed, String> {
         addresses,
         ipsets,
     };
-    let local = local_addresses(LINK_NAME).map_err(|e| e.to_string())?;
+    let local = local_addresses(LINK_NAME)
+        .map_err(|e| Failure::Other(format!("cannot list the addresses: {e}")))?;
     let node = Node::new("").with_addresses(local.iter().copied());
     let plan = kipvs_proxy::cleanup(&observed, &node, &config.core(&local));
     if let Some(client) = ipvs.as_mut() {
@@ -63,13 +65,11 @@ pub async fn cleanup(config: &Config) -> Result<Removed, String> {
                 Ok(()) => removed.services += 1,
                 // Already gone: someone (or a previous run) was first.
                 Err(err) if err.is_not_found() => {}
-                Err(err) => return Err(format!("{}: {err}", op.key())),
+                Err(err) => return Err(Failure::from(err).context(&op.key().to_string())),
             }
         }
     }
-    let report = kipvs_host::cleanup::cleanup(LINK_NAME, Backend::detect())
-        .await
-        .map_err(|e| e.to_string())?;
+    let report = kipvs_host::cleanup::cleanup(LINK_NAME, Backend::detect()).await?;
     removed.sets = report.sets;
     removed.chains = report.iptables.len();
     removed.link = report.link;
@@ -77,29 +77,19 @@ pub async fn cleanup(config: &Config) -> Result<Removed, String> {
 }
 
 /// Runs `kipvs cleanup`.
-pub fn main(args: &CleanupArgs) -> ExitCode {
-    let config = match super::optional_config(args.config.as_deref()) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    let runtime = match super::runtime(1) {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    match runtime.block_on(cleanup(&config)) {
-        Ok(removed) => {
-            println!(
-                "removed {} virtual services, {} ipsets, the KUBE-* chains of {} families{}",
-                removed.services,
-                removed.sets,
-                removed.chains,
-                if removed.link { ", kube-ipvs0" } else { "" }
-            );
-            ExitCode::SUCCESS
-        }
-        Err(why) => {
-            eprintln!("kipvs: cleanup failed: {why}");
-            ExitCode::from(1)
-        }
-    }
+///
+/// Fails like [`cleanup`].
+pub fn main(args: &CleanupArgs) -> Result<ExitCode, Failure> {
+    let config = super::optional_config(args.config.as_deref())?;
+    let removed = super::runtime(1)?
+        .block_on(cleanup(&config))
+        .map_err(|f| f.context("cleanup failed"))?;
+    println!(
+        "removed {} virtual services, {} ipsets, the KUBE-* chains of {} families{}",
+        removed.services,
+        removed.sets,
+        removed.chains,
+        if removed.link { ", kube-ipvs0" } else { "" }
+    );
+    Ok(ExitCode::SUCCESS)
 }

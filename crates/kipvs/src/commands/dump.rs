@@ -1,7 +1,7 @@
 //! `kipvs dump`: the kernel's IPVS table as `ipvsadm` prints it, or as JSON.
 //!
 //! The formatting is [`crate::dump`]'s (pure); this module reads the kernel, filters and
-//! prints, and turns what users meet (no root, no IPVS) into one-line messages.
+//! prints; what users meet (no root, no IPVS) becomes a [`Failure`].
 
 use std::io::Write as _;
 use std::process::{Command, ExitCode, Stdio};
@@ -9,6 +9,7 @@ use std::process::{Command, ExitCode, Stdio};
 use kipvs_ipvs::{Client, Error, ServiceKey, Table};
 use kipvs_proxy::Observed;
 
+use super::failure::{Failure, Support};
 use super::plan::Cluster;
 use super::run::LINK_NAME;
 use crate::cli::DumpArgs;
@@ -17,48 +18,36 @@ use crate::owners::{self, Owners};
 use crate::sync::node::read_host_state;
 
 /// Runs `kipvs dump`.
-pub fn main(args: &DumpArgs) -> ExitCode {
-    match run(args) {
-        Ok(text) => print(&text),
-        Err(message) => fail(&message),
-    }
+///
+/// Fails when IPVS cannot be read (see [`Failure`]), an owner source cannot be loaded
+/// or the output cannot be written.
+pub fn main(args: &DumpArgs) -> Result<ExitCode, Failure> {
+    print(&run(args)?)
 }
 
 /// Prints `text` to standard output in one write; a closed pipe is not an error.
-pub(crate) fn print(text: &str) -> ExitCode {
+///
+/// Fails when standard output cannot be written.
+pub(crate) fn print(text: &str) -> Result<ExitCode, Failure> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Err(e) => fail(&format!("cannot write the output: {e}")),
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(Failure::Other(format!("cannot write the output: {e}"))),
     }
-}
-
-/// Prints `kipvs: message` to standard error and returns the failure exit code.
-pub(crate) fn fail(message: &str) -> ExitCode {
-    eprintln!("kipvs: {message}");
-    ExitCode::FAILURE
 }
 
 /// Opens the IPVS table of this network namespace. When the kernel has no IPVS family,
 /// tries `modprobe ip_vs` once, as ipvsadm does.
 ///
-/// Fails with a one-line message saying what to do.
-pub(crate) fn open_ipvs() -> Result<Client, String> {
+/// Fails when IPVS is still missing, or the socket cannot be opened.
+pub(crate) fn open_ipvs() -> Result<Client, Failure> {
     match Client::new() {
         Err(Error::Unavailable) => {
             load_module();
-            Client::new().map_err(|e| explain(&e))
+            Ok(Client::new()?)
         }
-        other => other.map_err(|e| explain(&e)),
-    }
-}
-
-/// The one-line message for an IPVS error: the crate's own, which says what to do.
-pub(crate) fn explain(e: &Error) -> String {
-    match e {
-        Error::Unavailable => format!("{e} (as root; in a container, load it on the host)"),
-        _ => e.to_string(),
+        other => Ok(other?),
     }
 }
 
@@ -75,11 +64,10 @@ fn load_module() {
 /// addresses on kube-ipvs0 and the members of the KUBE-* sets.
 ///
 /// Fails like [`open_ipvs`], or when a dump fails.
-pub(crate) fn observe() -> Result<Observed, String> {
+pub(crate) fn observe() -> Result<Observed, Failure> {
     let mut ipvs = open_ipvs()?;
-    let table = ipvs.table().map_err(|e| explain(&e))?;
-    let runtime = super::runtime(1).map_err(|_| "cannot start the runtime".to_owned())?;
-    let (addresses, ipsets) = runtime.block_on(read_host_state(LINK_NAME))?;
+    let table = ipvs.table()?;
+    let (addresses, ipsets) = super::runtime(1)?.block_on(read_host_state(LINK_NAME))?;
     Ok(Observed {
         table,
         addresses,
@@ -126,19 +114,21 @@ impl OwnerSource {
     }
 }
 
-fn run(args: &DumpArgs) -> Result<String, String> {
+fn run(args: &DumpArgs) -> Result<String, Failure> {
     if args.connections {
         return connections();
     }
     for s in &args.service {
         if !s.contains('/') {
-            return Err(format!("--service {s:?}: expected NAMESPACE/NAME"));
+            return Err(Failure::Other(format!(
+                "--service {s:?}: expected NAMESPACE/NAME"
+            )));
         }
     }
     let source = OwnerSource::of(args)?;
     let mut ipvs = open_ipvs()?;
-    let info = ipvs.info().map_err(|e| explain(&e))?;
-    let mut table = ipvs.table().map_err(|e| explain(&e))?;
+    let info = ipvs.info()?;
+    let mut table = ipvs.table()?;
     filter(&mut table, args, &source);
     let owner = |k: &ServiceKey| source.owner(k);
     if args.json {
@@ -188,22 +178,19 @@ fn owner_is(owner: &str, name: &str) -> bool {
 }
 
 /// `ipvsadm -Lnc`.
-fn connections() -> Result<String, String> {
+fn connections() -> Result<String, Failure> {
     let read = || std::fs::read_to_string(conn::PROC_FILE);
     let text = match read() {
         Ok(t) => t,
         Err(_) => {
             load_module();
-            read().map_err(|e| {
-                format!(
-                    "IPVS is unavailable (cannot read {}: {e}); load the ip_vs kernel \
-                     module (modprobe ip_vs) or use a kernel built with CONFIG_IP_VS",
-                    conn::PROC_FILE
-                )
+            read().map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Failure::NoIpvs(Support::probe()),
+                _ => Failure::Other(format!("cannot read {}: {e}", conn::PROC_FILE)),
             })?
         }
     };
-    conn::connections(&text)
+    Ok(conn::connections(&text)?)
 }
 
 #[cfg(test)]

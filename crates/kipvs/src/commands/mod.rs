@@ -1,35 +1,36 @@
-//! One module per subcommand; each exposes `main(&Args) -> ExitCode`.
+//! One module per subcommand; each exposes `main(&Args) -> Result<ExitCode, Failure>`,
+//! and the binary prints the [`Failure`] (see [`failure`]).
 
 pub mod cleanup;
 pub mod dump;
+pub mod failure;
 pub mod plan;
 pub mod prepare;
 pub mod run;
 
-/// The tokio runtime a command runs on, or the exit code after saying why there is none.
-pub(crate) fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
+pub use failure::Failure;
+
+/// The tokio runtime a command runs on.
+///
+/// Fails when the runtime cannot be started (no threads left, ...).
+pub(crate) fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
         .build()
-        .map_err(|err| {
-            eprintln!("kipvs: cannot start the runtime: {err}");
-            std::process::ExitCode::from(1)
-        })
+        .map_err(|err| Failure::Other(format!("cannot start the runtime: {err}")))
 }
 
-/// The configuration in `path`, or kube-proxy's defaults without one; on a bad file, the
-/// exit code after saying what is wrong and where (file:line:column: field).
+/// The configuration in `path`, or kube-proxy's defaults without one.
+///
+/// Fails on a bad file, saying what is wrong and where (file:line:column: field).
 pub(crate) fn optional_config(
     path: Option<&std::path::Path>,
-) -> Result<crate::config::Config, std::process::ExitCode> {
+) -> Result<crate::config::Config, Failure> {
     match path {
         Some(path) => crate::config::Config::load(path)
             .map(|loaded| loaded.config)
-            .map_err(|err| {
-                eprintln!("kipvs: invalid configuration: {err}");
-                std::process::ExitCode::from(1)
-            }),
+            .map_err(|err| Failure::Other(format!("invalid configuration: {err}"))),
         None => Ok(crate::config::Config::default()),
     }
 }

@@ -13,6 +13,7 @@ use kipvs_ipvs::{DestinationEntry, Info, ServiceEntry, ServiceKey, Table, Versio
 use kipvs_kube::{convert, state_file};
 use kipvs_proxy::{Desired, EndpointSlice, Moment, Node, Observed, Plan, Proxier, Service};
 
+use super::Failure;
 use crate::cli::PlanArgs;
 use crate::commands::run::LINK_NAME;
 use crate::config::Config;
@@ -150,14 +151,13 @@ fn local_hostname() -> String {
 }
 
 /// Runs `kipvs plan`.
-pub fn main(args: &PlanArgs) -> ExitCode {
-    match run(args) {
-        Ok(text) => super::dump::print(&text),
-        Err(message) => super::dump::fail(&message),
-    }
+///
+/// Fails when a file is invalid or, with `--diff`, the kernel cannot be read.
+pub fn main(args: &PlanArgs) -> Result<ExitCode, Failure> {
+    super::dump::print(&run(args)?)
 }
 
-fn run(args: &PlanArgs) -> Result<String, String> {
+fn run(args: &PlanArgs) -> Result<String, Failure> {
     // With --diff, plan as `kipvs run` would on this machine: NodePorts on its addresses.
     let local = if args.diff {
         Some(local_addresses(LINK_NAME).map_err(|e| format!("cannot list the addresses: {e}"))?)

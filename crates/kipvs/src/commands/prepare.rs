@@ -7,23 +7,16 @@
 
 use std::process::ExitCode;
 
+use super::Failure;
 use crate::cli::PrepareArgs;
 use crate::sync::node::prepare_kernel;
 
 /// Runs `kipvs prepare`.
-pub fn main(args: &PrepareArgs) -> ExitCode {
-    let config = match super::optional_config(args.config.as_deref()) {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    match prepare_kernel(&config) {
-        Ok(()) => {
-            println!("IPVS loaded and kube-proxy's ipvs sysctls set");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("kipvs: cannot prepare the node: {err}");
-            ExitCode::from(1)
-        }
-    }
+///
+/// Fails when IPVS cannot be loaded or a sysctl cannot be set.
+pub fn main(args: &PrepareArgs) -> Result<ExitCode, Failure> {
+    let config = super::optional_config(args.config.as_deref())?;
+    prepare_kernel(&config).map_err(|err| Failure::from(err).context("cannot prepare the node"))?;
+    println!("IPVS loaded and kube-proxy's ipvs sysctls set");
+    Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,7 @@ use kipvs_kube::watch::{watch_cluster, WatchConfig};
 use kipvs_proxy::Proxier;
 use tokio::sync::{mpsc, watch};
 
+use super::Failure;
 use crate::cli::RunArgs;
 use crate::config::{Config, LogFormat};
 use crate::owners::{self, Recorder};
@@ -88,14 +89,13 @@ fn node_name(config: &Config) -> String {
 }
 
 /// Runs `kipvs run`.
-pub fn main(args: &RunArgs) -> ExitCode {
-    let config = match load_config(args) {
-        Ok(config) => config,
-        Err(why) => {
-            eprintln!("kipvs: invalid configuration: {why}");
-            return ExitCode::from(1);
-        }
-    };
+///
+/// Fails when the configuration is invalid, the node cannot be prepared (no privileges,
+/// no IPVS) or the cluster source cannot be reached; with `--once`, exits 1 without a
+/// failure when an operation failed (each is logged).
+pub fn main(args: &RunArgs) -> Result<ExitCode, Failure> {
+    let config =
+        load_config(args).map_err(|why| Failure::Other(format!("invalid configuration: {why}")))?;
     init_logging(config.log_format, config.verbosity);
     if args.cleanup {
         // kube-proxy's --cleanup, kept as an alias of `kipvs cleanup`.
@@ -103,23 +103,18 @@ pub fn main(args: &RunArgs) -> ExitCode {
             config: args.config.clone(),
         });
     }
-    let runtime = match super::runtime(2) {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    runtime.block_on(run(args, config))
+    super::runtime(2)?.block_on(run(args, config))
 }
 
-async fn run(args: &RunArgs, config: Config) -> ExitCode {
+async fn run(args: &RunArgs, config: Config) -> Result<ExitCode, Failure> {
     let node_name = node_name(&config);
     if node_name.is_empty() {
-        eprintln!("kipvs: cannot tell this node's name: pass --hostname-override");
-        return ExitCode::from(1);
+        return Err(Failure::Other(
+            "cannot tell this node's name: pass --hostname-override".to_owned(),
+        ));
     }
     let shared = Shared::new(ProxyHealth::new(config.ipvs.sync_period * 2));
-    if let Err(code) = start_servers(&config, Arc::clone(&shared)).await {
-        return code;
-    }
+    start_servers(&config, Arc::clone(&shared)).await?;
 
     let (tx, rx) = mpsc::channel::<ClusterEvent>(1024);
     let mut recorder = None;
@@ -128,13 +123,9 @@ async fn run(args: &RunArgs, config: Config) -> ExitCode {
             tokio::spawn(source::watch_state_file(state, STATE_FILE_POLL, tx));
         }
         None => {
-            let client = match kipvs_kube::client::client(config.kubeconfig.as_deref()).await {
-                Ok(client) => client,
-                Err(err) => {
-                    eprintln!("kipvs: cannot reach the API server: {err}");
-                    return ExitCode::from(1);
-                }
-            };
+            let client = kipvs_kube::client::client(config.kubeconfig.as_deref())
+                .await
+                .map_err(|err| Failure::Other(format!("cannot reach the API server: {err}")))?;
             recorder = Some(EventRecorder::new(client.clone(), &node_name));
             let node = node_name.clone();
             tokio::spawn(async move {
@@ -167,13 +158,9 @@ async fn run(args: &RunArgs, config: Config) -> ExitCode {
         let sync = SyncLoop::new(proxier, &node_name, kernel, shared, timing);
         drive(with_sink(sync, sink), rx, mode).await
     } else {
-        let kernel = match NodeKernel::setup(&config, LINK_NAME).await {
-            Ok(kernel) => kernel,
-            Err(err) => {
-                eprintln!("kipvs: cannot prepare the node: {err}");
-                return ExitCode::from(1);
-            }
-        };
+        let kernel = NodeKernel::setup(&config, LINK_NAME)
+            .await
+            .map_err(|err| Failure::from(err).context("cannot prepare the node"))?;
         let recorder = Recorder::new(owners::path(args.owners_file.as_deref()), &node_name);
         tracing::info!(path = %recorder.path().display(), "recording Service ownership");
         let (health_checks, wanted) = watch::channel(HealthChecks::default());
@@ -188,15 +175,12 @@ async fn run(args: &RunArgs, config: Config) -> ExitCode {
         drive(with_sink(sync, sink), rx, mode).await
     };
     match outcome {
-        Some(Outcome::Once { success: true }) => ExitCode::SUCCESS,
-        Some(Outcome::Once { success: false }) => ExitCode::from(1),
-        Some(Outcome::SourceClosed) => {
-            eprintln!("kipvs: the cluster source stopped");
-            ExitCode::from(1)
-        }
+        Some(Outcome::Once { success: true }) => Ok(ExitCode::SUCCESS),
+        Some(Outcome::Once { success: false }) => Ok(ExitCode::from(1)),
+        Some(Outcome::SourceClosed) => Err(Failure::Other("the cluster source stopped".to_owned())),
         None => {
             tracing::info!("stopping; the kernel rules stay in place");
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -246,7 +230,7 @@ async fn drive<K: Kernel>(
 
 /// Starts the health and metrics servers. A port that cannot be bound is fatal only
 /// with bindAddressHardFail, as in kube-proxy.
-async fn start_servers(config: &Config, shared: Arc<Shared>) -> Result<(), ExitCode> {
+async fn start_servers(config: &Config, shared: Arc<Shared>) -> Result<(), Failure> {
     for (what, addr, router) in [
         (
             "health",
@@ -265,8 +249,9 @@ async fn start_servers(config: &Config, shared: Arc<Shared>) -> Result<(), ExitC
                 tokio::spawn(serve);
             }
             Err(err) if config.bind_address_hard_fail => {
-                eprintln!("kipvs: cannot serve {what} on {addr}: {err}");
-                return Err(ExitCode::from(1));
+                return Err(Failure::Other(format!(
+                    "cannot serve {what} on {addr}: {err}"
+                )));
             }
             Err(err) => {
                 tracing::warn!(server = what, address = %addr, error = %err, "cannot serve")

@@ -92,19 +92,18 @@ pub fn read_sets(
 /// Fails when the link's addresses or the sets cannot be listed.
 pub async fn read_host_state(
     link: &str,
-) -> Result<(BTreeSet<IpAddr>, BTreeMap<SetName, BTreeSet<Member>>), String> {
-    let addresses = match VipLink::open(link).await.map_err(|e| e.to_string())? {
+) -> Result<(BTreeSet<IpAddr>, BTreeMap<SetName, BTreeSet<Member>>), kipvs_host::Error> {
+    let addresses = match VipLink::open(link).await? {
         Some(link) => link
             .addresses()
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .into_iter()
             .map(|net| net.addr())
             .collect(),
         None => BTreeSet::new(),
     };
     let ipsets = match IpsetSocket::open() {
-        Ok(mut socket) => read_sets(&mut socket).map_err(|e| e.to_string())?,
+        Ok(mut socket) => read_sets(&mut socket)?,
         Err(err) => {
             tracing::warn!(error = %err, "cannot read ipsets; ownership from kube-ipvs0 only");
             BTreeMap::new()
