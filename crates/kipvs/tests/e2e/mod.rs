@@ -31,6 +31,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use kipvs_testkit::{terminate, wait_for, Netns};
@@ -312,13 +313,21 @@ pub struct Cluster {
     dir: PathBuf,
     config: PathBuf,
     state: PathBuf,
-    kipvs: Option<Child>,
+    /// The running `kipvs run`; behind a lock so a test can restart it while client
+    /// threads borrow the namespaces.
+    kipvs: Mutex<Option<Child>>,
 }
 
 impl Cluster {
     /// Builds the node and the client, with `extra_ipvs` (`, key: value` pairs) added to
     /// the configuration's `ipvs` block.
     pub fn new(test: &str, extra_ipvs: &str) -> Cluster {
+        Cluster::with_sync_period(test, "30s", extra_ipvs)
+    }
+
+    /// [`Cluster::new`] with `ipvs.syncPeriod` set: how often kipvs verifies the kernel,
+    /// and so how soon a drained destination is deleted.
+    pub fn with_sync_period(test: &str, sync_period: &str, extra_ipvs: &str) -> Cluster {
         let node = Netns::new();
         let client = Netns::new();
         node.sh(&format!(
@@ -343,7 +352,7 @@ impl Cluster {
             format!(
                 "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\n\
                  clusterCIDR: 10.244.0.0/16\nhealthzBindAddress: 127.0.0.1:10256\nmetricsBindAddress: 127.0.0.1:10249\n\
-                 ipvs: {{syncPeriod: 30s, minSyncPeriod: 0s{extra_ipvs}}}\n"
+                 ipvs: {{syncPeriod: {sync_period}, minSyncPeriod: 0s{extra_ipvs}}}\n"
             ),
         )
         .expect("config written");
@@ -355,7 +364,7 @@ impl Cluster {
             dir,
             config,
             state,
-            kipvs: None,
+            kipvs: Mutex::new(None),
         }
     }
 
@@ -424,8 +433,9 @@ impl Cluster {
 
     /// Starts `kipvs run --state` in the node (after [`Cluster::apply`]) and waits until
     /// the kernel holds what it plans.
-    pub fn start(&mut self) {
-        assert!(self.kipvs.is_none(), "kipvs already runs");
+    pub fn start(&self) {
+        let mut running = self.kipvs.lock().expect("kipvs lock");
+        assert!(running.is_none(), "kipvs already runs");
         let child = Command::new("ip")
             .args(["netns", "exec", self.node.name(), KIPVS, "run", "--state"])
             .arg(&self.state)
@@ -436,13 +446,15 @@ impl Cluster {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("kipvs starts");
-        self.kipvs = Some(child);
+        *running = Some(child);
+        drop(running);
         self.wait_synced();
     }
 
     /// Stops kipvs with SIGTERM (it must exit cleanly, leaving the rules).
-    pub fn stop(&mut self) {
-        if let Some(child) = self.kipvs.take() {
+    pub fn stop(&self) {
+        let child = self.kipvs.lock().expect("kipvs lock").take();
+        if let Some(child) = child {
             terminate(child);
         }
     }
@@ -495,7 +507,8 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Some(mut child) = self.kipvs.take() {
+        let child = self.kipvs.get_mut().ok().and_then(Option::take);
+        if let Some(mut child) = child {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -566,6 +579,17 @@ impl Conn {
         })
     }
 
+    /// Closes the connection with a reset (SO_LINGER 0), so IPVS forgets it within
+    /// seconds instead of keeping it in TIME_WAIT for two minutes.
+    pub fn reset(self) {
+        let stream = self.reader.into_inner();
+        let linger = nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        socket::setsockopt(&stream, sockopt::Linger, &linger).expect("SO_LINGER");
+    }
+
     /// Sends one request and reads the pod's answer.
     pub fn ask(&mut self) -> io::Result<Reply> {
         self.reader.get_mut().write_all(b"?\n")?;
@@ -613,20 +637,39 @@ pub fn tcp_from(ns: &Netns, source: Option<IpAddr>, dst: SocketAddr) -> io::Resu
 /// One datagram from `ns` (a fresh socket, so a fresh source port) to `dst`, and its
 /// answer.
 pub fn udp(ns: &Netns, dst: SocketAddr) -> io::Result<Reply> {
-    let socket = {
-        let _inside = ns.enter();
-        let any: SocketAddr = match dst {
-            SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("an address"),
-            SocketAddr::V6(_) => "[::]:0".parse().expect("an address"),
+    UdpConn::open(ns, dst)?.ask()
+}
+
+/// A UDP socket connected to a Service: every datagram from the same source port, as
+/// a DNS resolver's would be, so conntrack and IPVS keep one entry for it.
+#[derive(Debug)]
+pub struct UdpConn {
+    socket: UdpSocket,
+}
+
+impl UdpConn {
+    /// A socket in `ns`, connected to `dst`.
+    pub fn open(ns: &Netns, dst: SocketAddr) -> io::Result<UdpConn> {
+        let socket = {
+            let _inside = ns.enter();
+            let any: SocketAddr = match dst {
+                SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("an address"),
+                SocketAddr::V6(_) => "[::]:0".parse().expect("an address"),
+            };
+            UdpSocket::bind(any)?
         };
-        UdpSocket::bind(any)?
-    };
-    socket.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    socket.connect(dst)?;
-    socket.send(b"?\n")?;
-    let mut buf = [0u8; 512];
-    let n = socket.recv(&mut buf)?;
-    Reply::parse(&String::from_utf8_lossy(&buf[..n]))
+        socket.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+        socket.connect(dst)?;
+        Ok(UdpConn { socket })
+    }
+
+    /// Sends one datagram and reads the answer.
+    pub fn ask(&self) -> io::Result<Reply> {
+        self.socket.send(b"?\n")?;
+        let mut buf = [0u8; 512];
+        let n = self.socket.recv(&mut buf)?;
+        Reply::parse(&String::from_utf8_lossy(&buf[..n]))
+    }
 }
 
 /// `count` requests on fresh TCP connections; the pods that answered, by name, with how
