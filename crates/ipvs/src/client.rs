@@ -334,10 +334,7 @@ impl Client {
                 let (sched, engine) = match op {
                     Operation::AddService(s) | Operation::UpdateService(s) => (
                         Some(s.scheduler.name()),
-                        s.persistence
-                            .as_ref()
-                            .and_then(|p| p.engine.as_ref())
-                            .map(|e| e.as_str()),
+                        s.engine.as_ref().map(|e| e.as_str()),
                     ),
                     _ => (None, None),
                 };

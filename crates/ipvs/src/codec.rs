@@ -15,8 +15,8 @@ use crate::consts::{
 use crate::op::Operation;
 use crate::types::{
     ConnCounters, Destination, DestinationEntry, Family, ForwardMethod, Info, InvalidValue,
-    Persistence, Protocol, Scheduler, SchedulerName, Service, ServiceFlags, ServiceKey, Stats,
-    Timeouts, TunnelConfig, TunnelKind, Version,
+    Netmask, Persistence, Protocol, Scheduler, SchedulerName, Service, ServiceFlags, ServiceKey,
+    Stats, Timeouts, TunnelConfig, TunnelKind, Version,
 };
 use crate::wire::{
     attrs, fixed, get_be16, get_counter, get_str, get_u16, get_u32, get_u8, DecodeError,
@@ -76,14 +76,11 @@ fn flag_bits(flags: &ServiceFlags, persistent: bool) -> u32 {
 
 /// The persistence netmask as the kernel wants it: an IPv4 mask in network order, or an
 /// IPv6 prefix length in host order.
-fn netmask_bytes(family: Family, prefix: u8) -> [u8; 4] {
-    match family {
-        Family::V4 => {
-            let prefix = u32::from(prefix.min(32));
-            let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
-            mask.to_be_bytes()
-        }
-        Family::V6 => u32::from(prefix).to_ne_bytes(),
+fn netmask_bytes(family: Family, netmask: Netmask) -> [u8; 4] {
+    match (family, netmask) {
+        (Family::V6, Netmask::Prefix(prefix)) => u32::from(prefix).to_ne_bytes(),
+        // validate() keeps an IPv4 mask off IPv6 services.
+        (_, mask) => mask.ipv4_mask().octets(),
     }
 }
 
@@ -92,15 +89,17 @@ pub fn validate(op: &Operation) -> Result<(), InvalidValue> {
     match op {
         Operation::AddService(s) | Operation::UpdateService(s) => {
             if let Some(p) = &s.persistence {
-                let ok = match s.key.family() {
-                    Family::V4 => p.netmask <= 32,
-                    Family::V6 => (1..=128).contains(&p.netmask),
+                let ok = match (s.key.family(), p.netmask) {
+                    (Family::V4, Netmask::Prefix(p)) => p <= 32,
+                    (Family::V4, Netmask::Ipv4Mask(_)) => true,
+                    (Family::V6, Netmask::Prefix(p)) => (1..=128).contains(&p),
+                    (Family::V6, Netmask::Ipv4Mask(_)) => false,
                 };
                 if !ok {
                     return Err(InvalidValue::new(
                         "persistence netmask",
-                        &p.netmask.to_string(),
-                        "a prefix length of 0-32 for IPv4, 1-128 for IPv6",
+                        &format!("{:?}", p.netmask),
+                        "a prefix length of 0-32 or a mask for IPv4, 1-128 for IPv6",
                     ));
                 }
             }
@@ -172,7 +171,7 @@ fn nest_service(w: &mut Writer, s: &Service) {
     let n = w.begin_nest(CmdAttr::Service.into());
     encode_service_key(w, &s.key);
     w.string(SvcAttr::SchedName.into(), s.scheduler.name());
-    if let Some(engine) = s.persistence.as_ref().and_then(|p| p.engine.as_ref()) {
+    if let Some(engine) = &s.engine {
         w.string(SvcAttr::PeName.into(), engine.as_str());
     }
     let mut flags = [0u8; 8];
@@ -181,8 +180,7 @@ fn nest_service(w: &mut Writer, s: &Service) {
     w.attr(SvcAttr::Flags.into(), &flags);
     let (timeout, netmask) = match (&s.persistence, s.key.family()) {
         (Some(p), family) => (p.timeout, netmask_bytes(family, p.netmask)),
-        (None, Family::V4) => (0, netmask_bytes(Family::V4, 32)),
-        (None, Family::V6) => (0, netmask_bytes(Family::V6, 128)),
+        (None, family) => (0, netmask_bytes(family, Netmask::host(family))),
     };
     w.u32(SvcAttr::Timeout.into(), timeout);
     w.attr(SvcAttr::Netmask.into(), &netmask);
@@ -391,18 +389,16 @@ fn scheduler_from(p: &[u8]) -> DecodeResult<Scheduler> {
     })
 }
 
-fn prefix_from_netmask(family: Family, p: &[u8]) -> DecodeResult<u8> {
+fn netmask_from(family: Family, p: &[u8]) -> DecodeResult<Netmask> {
     let raw = fixed::<4>("netmask", p)?;
     match family {
-        Family::V4 => {
-            let ones = u32::from_be_bytes(raw).leading_ones();
-            Ok(u8::try_from(ones).unwrap_or(32))
-        }
+        Family::V4 => Ok(Netmask::from_ipv4(raw.into())),
         Family::V6 => {
             let prefix = u32::from_ne_bytes(raw);
             u8::try_from(prefix)
                 .ok()
                 .filter(|p| *p <= 128)
+                .map(Netmask::Prefix)
                 .ok_or(DecodeError::Invalid {
                     what: "IPv6 netmask",
                     value: prefix.to_string(),
@@ -509,31 +505,26 @@ pub fn decode_service_nest(p: &[u8]) -> DecodeResult<(Service, Stats)> {
         sched3: bits & SVC_F_SCHED3 != 0,
     };
     let persistence = if persistent {
-        let engine = match pe {
-            Some(p) if p.first().is_some_and(|b| *b != 0) => {
-                Some(name_from("persistence engine", p)?)
-            }
-            _ => None,
-        };
         Some(Persistence {
             timeout,
             netmask: match netmask {
-                Some(p) => prefix_from_netmask(family, p)?,
-                None => match family {
-                    Family::V4 => 32,
-                    Family::V6 => 128,
-                },
+                Some(p) => netmask_from(family, p)?,
+                None => Netmask::host(family),
             },
-            engine,
         })
     } else {
         None
+    };
+    let engine = match pe {
+        Some(p) if p.first().is_some_and(|b| *b != 0) => Some(name_from("persistence engine", p)?),
+        _ => None,
     };
     let service = Service {
         key,
         scheduler: sched.ok_or(DecodeError::Missing("scheduler name"))?,
         flags: service_flags,
         persistence,
+        engine,
     };
     Ok((service, pick_stats(stats64, stats32)?))
 }
@@ -745,8 +736,7 @@ mod tests {
         let service = Service::new(key, Scheduler::MaglevHashing)
             .with_persistence(Persistence {
                 timeout: 300,
-                netmask: 64,
-                engine: None,
+                netmask: Netmask::Prefix(64),
             })
             .with_flags(ServiceFlags {
                 sched_fallback: true,
@@ -890,14 +880,13 @@ mod tests {
             .map(|m| decode_service(m).unwrap())
             .collect();
         let services: Vec<_> = decoded.iter().map(|(s, _)| s.clone()).collect();
-        let pe = |name: &str| Some(SchedulerName::try_new(name).unwrap());
+        let pe = |name: &str| SchedulerName::try_new(name).unwrap();
         let expected = [
             Service::new(tcp("10.0.0.1", 80), Scheduler::WeightedLeastConnection),
             Service::new(tcp("10.0.0.1", 443), Scheduler::RoundRobin).with_persistence(
                 Persistence {
                     timeout: 120,
-                    netmask: 24,
-                    engine: None,
+                    netmask: Netmask::Prefix(24),
                 },
             ),
             Service::new(udp("10.0.0.1", 53), Scheduler::SourceHashing).with_flags(ServiceFlags {
@@ -906,13 +895,9 @@ mod tests {
                 sched_port: true,
                 ..ServiceFlags::default()
             }),
-            Service::new(udp("10.0.0.1", 5060), Scheduler::RoundRobin).with_persistence(
-                Persistence {
-                    timeout: 60,
-                    netmask: 32,
-                    engine: pe("sip"),
-                },
-            ),
+            Service::new(udp("10.0.0.1", 5060), Scheduler::RoundRobin)
+                .with_persistence(Persistence::per_client(Family::V4, 60))
+                .with_engine(pe("sip")),
         ];
         for s in &expected {
             assert!(services.contains(s), "{s:?} missing from {services:#?}");
@@ -970,14 +955,42 @@ mod tests {
 
     #[test]
     fn ipv4_netmasks_are_sent_in_network_order() {
-        assert_eq!(netmask_bytes(Family::V4, 24), [255, 255, 255, 0]);
-        assert_eq!(netmask_bytes(Family::V4, 0), [0, 0, 0, 0]);
-        assert_eq!(netmask_bytes(Family::V4, 32), [255; 4]);
-        assert_eq!(netmask_bytes(Family::V6, 64), 64u32.to_ne_bytes());
+        let prefix = Netmask::Prefix;
+        assert_eq!(netmask_bytes(Family::V4, prefix(24)), [255, 255, 255, 0]);
+        assert_eq!(netmask_bytes(Family::V4, prefix(0)), [0, 0, 0, 0]);
+        assert_eq!(netmask_bytes(Family::V4, prefix(32)), [255; 4]);
+        assert_eq!(netmask_bytes(Family::V6, prefix(64)), 64u32.to_ne_bytes());
         assert_eq!(
-            prefix_from_netmask(Family::V4, &[255, 255, 240, 0]).unwrap(),
-            20
+            netmask_from(Family::V4, &[255, 255, 240, 0]).unwrap(),
+            prefix(20)
         );
+    }
+
+    #[test]
+    fn ipv4_netmasks_that_are_not_prefixes_round_trip_bit_for_bit() {
+        let odd = netmask_from(Family::V4, &[255, 0, 255, 0]).unwrap();
+        assert_eq!(odd, Netmask::Ipv4Mask("255.0.255.0".parse().unwrap()));
+        assert_eq!(netmask_bytes(Family::V4, odd), [255, 0, 255, 0]);
+        assert_eq!(odd.prefix(), None);
+        assert_eq!(
+            netmask_from(Family::V4, &[0; 4]).unwrap(),
+            Netmask::Prefix(0)
+        );
+        let with = |addr: &str| {
+            let key = ServiceKey::Addr {
+                protocol: Protocol::Tcp,
+                addr: addr.parse().unwrap(),
+                port: 80,
+            };
+            Operation::AddService(Service::new(key, Scheduler::RoundRobin).with_persistence(
+                Persistence {
+                    timeout: 1,
+                    netmask: odd,
+                },
+            ))
+        };
+        assert!(validate(&with("10.0.0.1")).is_ok());
+        assert!(validate(&with("fd00::1")).is_err());
     }
 
     #[test]
@@ -985,8 +998,7 @@ mod tests {
         let bad = Service::new(tcp("10.0.0.1", 80), Scheduler::RoundRobin).with_persistence(
             Persistence {
                 timeout: 1,
-                netmask: 33,
-                engine: None,
+                netmask: Netmask::Prefix(33),
             },
         );
         assert!(validate(&Operation::AddService(bad)).is_err());

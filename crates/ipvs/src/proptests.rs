@@ -54,14 +54,11 @@ fn service() -> impl Strategy<Value = Service> {
         key(),
         scheduler(),
         any::<[bool; 4]>(),
-        proptest::option::of((
-            any::<u32>(),
-            any::<u8>(),
-            proptest::option::of("[a-z]{1,15}"),
-        )),
+        proptest::option::of((any::<u32>(), any::<u32>())),
+        proptest::option::of("[a-z]{1,15}"),
     )
         .prop_map(
-            |(key, scheduler, [one_packet, sched_fallback, sched_port, sched3], p)| {
+            |(key, scheduler, [one_packet, sched_fallback, sched_port, sched3], p, engine)| {
                 let s = Service::new(key, scheduler).with_flags(ServiceFlags {
                     persistent: false,
                     one_packet,
@@ -69,19 +66,21 @@ fn service() -> impl Strategy<Value = Service> {
                     sched_port,
                     sched3,
                 });
-                match p {
+                let s = match p {
                     None => s,
-                    Some((timeout, mask, engine)) => {
+                    Some((timeout, mask)) => {
                         let netmask = match key.family() {
-                            Family::V4 => mask % 33,
-                            Family::V6 => 1 + mask % 128,
+                            // Any bits: contiguous masks decode as prefixes, others as masks.
+                            Family::V4 => Netmask::from_ipv4(Ipv4Addr::from(mask)),
+                            Family::V6 => Netmask::Prefix(u8::try_from(1 + mask % 128).unwrap()),
                         };
-                        s.with_persistence(Persistence {
-                            timeout,
-                            netmask,
-                            engine: engine.map(|e| SchedulerName::try_new(&e).unwrap()),
-                        })
+                        s.with_persistence(Persistence { timeout, netmask })
                     }
+                };
+                // The kernel keeps an engine on any service, persistent or not.
+                match engine {
+                    Some(e) => s.with_engine(SchedulerName::try_new(&e).unwrap()),
+                    None => s,
                 }
             },
         )

@@ -6,7 +6,7 @@
 //! from input, so the rest of the code can trust them.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -262,16 +262,75 @@ pub struct ServiceFlags {
     pub sched3: bool,
 }
 
+/// Persistence granularity (ipvsadm `-M`): clients whose addresses are equal under the
+/// mask share a persistence template, so they stick to one destination together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Netmask {
+    /// A prefix length: at most 32 for IPv4, 1 to 128 for IPv6; 32 and 128 mean one
+    /// client address (what kube-proxy uses).
+    Prefix(u8),
+    /// An IPv4 mask whose bits are not contiguous (ipvsadm `-M 255.0.255.0`): the kernel
+    /// applies any IPv4 mask bit by bit. [`Netmask::from_ipv4`] gives [`Netmask::Prefix`]
+    /// for contiguous masks, so each mask has one representation.
+    Ipv4Mask(Ipv4Addr),
+}
+
+impl Netmask {
+    /// One client address per template: a /32 for IPv4, a /128 for IPv6.
+    pub fn host(family: Family) -> Netmask {
+        match family {
+            Family::V4 => Netmask::Prefix(32),
+            Family::V6 => Netmask::Prefix(128),
+        }
+    }
+
+    /// The IPv4 `mask`: a prefix when its bits are contiguous, else the mask itself.
+    pub fn from_ipv4(mask: Ipv4Addr) -> Netmask {
+        let bits = u32::from(mask);
+        let ones = bits.leading_ones();
+        if bits.checked_shl(ones).unwrap_or(0) == 0 {
+            Netmask::Prefix(u8::try_from(ones).unwrap_or(32))
+        } else {
+            Netmask::Ipv4Mask(mask)
+        }
+    }
+
+    /// The prefix length, when the mask is one.
+    pub fn prefix(self) -> Option<u8> {
+        match self {
+            Netmask::Prefix(p) => Some(p),
+            Netmask::Ipv4Mask(_) => None,
+        }
+    }
+
+    /// The IPv4 mask (`255.255.255.0` for a /24), for any IPv4 netmask.
+    pub fn ipv4_mask(self) -> Ipv4Addr {
+        match self {
+            Netmask::Prefix(p) => {
+                Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(p.min(32))).unwrap_or(0))
+            }
+            Netmask::Ipv4Mask(mask) => mask,
+        }
+    }
+}
+
 /// Persistence settings of a virtual service.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Persistence {
     /// Persistence timeout in seconds (ipvsadm `-p`).
     pub timeout: u32,
-    /// Persistence granularity: client addresses sharing this prefix stick together
-    /// (ipvsadm `-M`; a prefix length, 32/128 for a single host).
-    pub netmask: u8,
-    /// Persistence engine (ipvsadm `--pe`, e.g. `sip`), if any.
-    pub engine: Option<SchedulerName>,
+    /// Persistence granularity (ipvsadm `-M`).
+    pub netmask: Netmask,
+}
+
+impl Persistence {
+    /// Persistence for `timeout` seconds, one client address per template.
+    pub fn per_client(family: Family, timeout: u32) -> Persistence {
+        Persistence {
+            timeout,
+            netmask: Netmask::host(family),
+        }
+    }
 }
 
 /// A virtual service: what the kernel needs to create or update one.
@@ -286,6 +345,9 @@ pub struct Service {
     pub flags: ServiceFlags,
     /// Persistence, when the service is persistent.
     pub persistence: Option<Persistence>,
+    /// Persistence engine (ipvsadm `--pe`, e.g. `sip`), if any. The kernel keeps it for
+    /// any service and uses it only for persistent ones.
+    pub engine: Option<SchedulerName>,
 }
 
 impl Service {
@@ -296,7 +358,14 @@ impl Service {
             scheduler,
             flags: ServiceFlags::default(),
             persistence: None,
+            engine: None,
         }
+    }
+
+    /// The same service with the persistence engine `engine` (ipvsadm `--pe`).
+    pub fn with_engine(mut self, engine: SchedulerName) -> Self {
+        self.engine = Some(engine);
+        self
     }
 
     /// The same service made persistent with `persistence` (sets `flags.persistent`).

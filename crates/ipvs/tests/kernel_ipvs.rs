@@ -38,11 +38,10 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn persistence(timeout: u32, netmask: u8) -> Persistence {
+fn persistence(timeout: u32, prefix: u8) -> Persistence {
     Persistence {
         timeout,
-        netmask,
-        engine: None,
+        netmask: Netmask::Prefix(prefix),
     }
 }
 
@@ -79,17 +78,23 @@ fn apply_all(client: &mut Client, ops: &[Operation]) {
 
 /// Services of every kind, with every service attribute this crate knows.
 fn varied_services() -> Vec<Service> {
-    let sip = Persistence {
-        engine: Some(SchedulerName::try_new("sip").unwrap()),
-        ..persistence(60, 32)
-    };
+    let sip = || SchedulerName::try_new("sip").unwrap();
     vec![
         Service::new(tcp("10.0.0.1", 80), Scheduler::WeightedRoundRobin),
         Service::new(tcp("10.0.0.1", 0), Scheduler::WeightedOverflow)
             .with_persistence(persistence(600, 32)),
         Service::new(tcp("10.0.0.1", 443), Scheduler::RoundRobin)
             .with_persistence(persistence(120, 24)),
-        Service::new(udp("10.0.0.1", 5060), Scheduler::RoundRobin).with_persistence(sip),
+        Service::new(udp("10.0.0.1", 5060), Scheduler::RoundRobin)
+            .with_persistence(persistence(60, 32))
+            .with_engine(sip()),
+        // An engine without persistence: the kernel keeps it (and ignores it).
+        Service::new(udp("10.0.0.1", 5061), Scheduler::RoundRobin).with_engine(sip()),
+        // A mask that is not a prefix: the kernel applies IPv4 masks bit by bit.
+        Service::new(tcp("10.0.0.1", 8443), Scheduler::RoundRobin).with_persistence(Persistence {
+            timeout: 90,
+            netmask: Netmask::from_ipv4("255.0.255.0".parse().unwrap()),
+        }),
         Service::new(udp("10.0.0.1", 53), Scheduler::SourceHashing)
             .with_flags(flags(true, true, true)),
         Service::new(

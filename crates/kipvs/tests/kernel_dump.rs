@@ -11,7 +11,9 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use kipvs_ipvs::{Client, Destination, ForwardMethod, Protocol, ServiceKey};
+use kipvs_ipvs::{
+    Client, Destination, ForwardMethod, Protocol, Scheduler, SchedulerName, Service, ServiceKey,
+};
 use kipvs_testkit::Netns;
 
 const KIPVS: &str = env!("CARGO_BIN_EXE_kipvs");
@@ -36,6 +38,7 @@ ipvsadm -A -t 100.64.0.1:80 -s wrr -p
 ipvsadm -A -u 10.96.0.10:53 -s sh -b sh-fallback,sh-port -p 360 -M 255.255.255.0 -o
 ipvsadm -a -u 10.96.0.10:53 -r 10.244.0.5:53 -m -w 5
 ipvsadm -A -u 10.96.0.30:5060 -s rr -p 60 --pe sip
+ipvsadm -A -t 10.96.0.40:80 -s rr -p 100 -M 255.0.255.0
 ipvsadm -A --sctp-service 10.96.0.20:3868 -s mh -b mh-port
 ipvsadm -a --sctp-service 10.96.0.20:3868 -r 10.244.0.6:3868 -m -w 1
 ipvsadm -A -t [fd00::1]:80 -s wlc -p 60 -M 64
@@ -82,6 +85,17 @@ fn build(ns: &Netns) {
         port: 80,
     };
     ipvs.update_destination(&key, &dest).unwrap();
+    // A persistence engine on a service that is not persistent: the kernel keeps it.
+    let sip = Service::new(
+        ServiceKey::Addr {
+            protocol: Protocol::Udp,
+            addr: "10.96.0.31".parse().unwrap(),
+            port: 5060,
+        },
+        Scheduler::RoundRobin,
+    )
+    .with_engine(SchedulerName::try_new("sip").unwrap());
+    ipvs.add_service(&sip).unwrap();
 }
 
 fn kipvs(ns: &Netns, args: &[&str]) -> String {
@@ -176,6 +190,8 @@ fn dump_matches_ipvsadm_byte_for_byte_on_a_varied_table() {
         "Tunnel  2147483647",
         "(sh-fallback,sh-port) persistent 360 mask 255.255.255.0 ops",
         "pe sip",
+        "TCP  10.96.0.40:80 rr persistent 100 mask 255.0.255.0\n",
+        "UDP  10.96.0.31:5060 rr\n",
         "SCTP 10.96.0.20:3868 mh (mh-port)",
         "FWM  8 IPv6 mh (mh-fallback)",
         "FWM  -1 sed",
@@ -184,7 +200,13 @@ fn dump_matches_ipvsadm_byte_for_byte_on_a_varied_table() {
     ] {
         assert!(plain.contains(needle), "{needle:?} missing from\n{plain}");
     }
-    assert_same(&ns, &["--save"], &["-Sn"]);
+    let save = assert_same(&ns, &["--save"], &["-Sn"]);
+    for needle in [
+        "-A -t 10.96.0.40:80 -s rr -p 100 -M 255.0.255.0\n",
+        "-A -u 10.96.0.31:5060 -s rr --pe sip\n",
+    ] {
+        assert!(save.contains(needle), "{needle:?} missing from\n{save}");
+    }
     assert_same(&ns, &["--stats"], &["-Ln", "--stats"]);
     assert_same(&ns, &["--rate"], &["-Ln", "--rate"]);
 }

@@ -374,14 +374,7 @@ impl Translation<'_> {
         };
 
         let persistence = match service.session_affinity {
-            SessionAffinity::ClientIp { timeout } => Some(Persistence {
-                timeout,
-                netmask: match family {
-                    Family::V4 => 32,
-                    Family::V6 => 128,
-                },
-                engine: None,
-            }),
+            SessionAffinity::ClientIp { timeout } => Some(Persistence::per_client(family, timeout)),
             SessionAffinity::None => None,
         };
         let make = |addr: IpAddr, vport: u16, role: Role, destinations: &Vec<Destination>| {
@@ -397,6 +390,7 @@ impl Translation<'_> {
                     scheduler: scheduler.clone(),
                     flags,
                     persistence: persistence.clone(),
+                    engine: None,
                 },
                 destinations: destinations.clone(),
             }
@@ -771,11 +765,7 @@ mod tests {
         assert!(s.flags.persistent);
         assert_eq!(
             s.persistence,
-            Some(Persistence {
-                timeout: 600,
-                netmask: 32,
-                engine: None
-            })
+            Some(Persistence::per_client(Family::V4, 600))
         );
     }
 

@@ -55,13 +55,15 @@ fn key_arg(key: &ServiceKey) -> String {
     }
 }
 
-fn mask_text(family: Family, prefix: u8) -> Option<String> {
-    match family {
-        Family::V4 if prefix < 32 => {
+fn mask_text(family: Family, netmask: Netmask) -> Option<String> {
+    match (family, netmask) {
+        (Family::V4, Netmask::Prefix(prefix)) if prefix < 32 => {
             let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
             Some(std::net::Ipv4Addr::from(mask).to_string())
         }
-        Family::V6 if prefix < 128 => Some(prefix.to_string()),
+        // inet_ntoa of the mask, whatever its bits.
+        (Family::V4, Netmask::Ipv4Mask(mask)) => Some(mask.to_string()),
+        (Family::V6, Netmask::Prefix(prefix)) if prefix < 128 => Some(prefix.to_string()),
         _ => None,
     }
 }
@@ -74,9 +76,10 @@ pub fn service_line(s: &Service) -> String {
         if let Some(mask) = mask_text(s.key.family(), p.netmask) {
             line += &format!(" -M {mask}");
         }
-        if let Some(pe) = &p.engine {
-            line += &format!(" --pe {}", pe.as_str());
-        }
+    }
+    // Saved for any service: the kernel keeps an engine whether persistent or not.
+    if let Some(pe) = &s.engine {
+        line += &format!(" --pe {}", pe.as_str());
     }
     if s.flags.one_packet {
         line += " -o";

@@ -18,7 +18,9 @@
 //!       "fwmark": null,
 //!       "scheduler": "rr",
 //!       "flags": ["one-packet", "sched-fallback", "sched-port", "sched-3"],
-//!       "persistence": { "timeout": 10800, "netmask": 32, "engine": null },
+//!       "persistence": { "timeout": 10800, "netmask": 32, "mask": "255.255.255.255",
+//!                        "engine": null },
+//!       "engine": null,
 //!       "owners": ["default/kubernetes:https"],
 //!       "stats": { "conns": 0, "inpkts": 0, "outpkts": 0, "inbytes": 0, "outbytes": 0,
 //!                  "cps": 0, "inpps": 0, "outpps": 0, "inbps": 0, "outbps": 0 },
@@ -46,7 +48,11 @@
 //!   marks (then `address` and `port` are `null` and `fwmark` is the mark).
 //! - `flags`: only the flags set, from `one-packet`, `sched-fallback` (`sh-fallback` /
 //!   `mh-fallback`), `sched-port` (`sh-port` / `mh-port`), `sched-3`.
-//! - `persistence`: `null` when not persistent; `netmask` is a prefix length.
+//! - `persistence`: `null` when not persistent; `netmask` is a prefix length (`null` for
+//!   an IPv4 mask that is not one, such as `255.0.255.0`); `mask` is the IPv4 mask in
+//!   dotted form (`null` for IPv6); `engine` repeats the service's `engine`.
+//! - `engine`: the persistence engine (`sip`) set on the service, persistent or not (the
+//!   kernel uses it only for persistent ones), else `null`.
 //! - `owners`: the Services (`namespace/name:port`) that want the virtual service;
 //!   present only with `--services`, empty for a service no Service wants.
 //! - `forward`: `masq` | `local` | `tunnel` | `route` | `bypass`; `tunnel` is
@@ -85,6 +91,7 @@ struct JsonService<'a> {
     scheduler: &'a str,
     flags: Vec<&'static str>,
     persistence: Option<JsonPersistence<'a>>,
+    engine: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     owners: Option<Vec<String>>,
     stats: &'a Stats,
@@ -94,7 +101,8 @@ struct JsonService<'a> {
 #[derive(Serialize)]
 struct JsonPersistence<'a> {
     timeout: u32,
-    netmask: u8,
+    netmask: Option<u8>,
+    mask: Option<String>,
     engine: Option<&'a str>,
 }
 
@@ -185,9 +193,12 @@ fn service<'a>(entry: &'a ServiceEntry, owners: Option<Owners<'_>>) -> JsonServi
         flags,
         persistence: svc.persistence.as_ref().map(|p| JsonPersistence {
             timeout: p.timeout,
-            netmask: p.netmask,
-            engine: p.engine.as_ref().map(|e| e.as_str()),
+            netmask: p.netmask.prefix(),
+            mask: (svc.key.family() == kipvs_ipvs::Family::V4)
+                .then(|| p.netmask.ipv4_mask().to_string()),
+            engine: svc.engine.as_ref().map(|e| e.as_str()),
         }),
+        engine: svc.engine.as_ref().map(|e| e.as_str()),
         owners: owners.map(|o| o(&svc.key)),
         stats: &entry.stats,
         destinations: destinations_order(&entry.destinations)

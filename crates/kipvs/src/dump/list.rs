@@ -133,7 +133,9 @@ fn service(out: &mut String, entry: &ServiceEntry, options: ListOptions, annotat
                 if let Some(mask) = names::netmask(svc.key.family(), p) {
                     let _ = write!(out, " mask {mask}");
                 }
-                if let Some(pe) = &p.engine {
+                // ipvsadm shows the engine only for persistent services (-S saves it
+                // for any).
+                if let Some(pe) = &svc.engine {
                     let _ = write!(out, " pe {}", pe.as_str());
                 }
             }

@@ -2,9 +2,9 @@
 //! scheduler flags and masks (with `-n`, so never a DNS or services(5) name).
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use kipvs_ipvs::{Family, ForwardMethod, Persistence, Service, ServiceKey, TunnelKind};
+use kipvs_ipvs::{Family, ForwardMethod, Netmask, Persistence, Service, ServiceKey, TunnelKind};
 
 /// What glibc's `printf("%s", NULL)` prints, where ipvsadm has no name for a value.
 pub const NULL: &str = "(null)";
@@ -164,14 +164,9 @@ pub fn sched_flags(service: &Service) -> String {
 /// The persistence granularity when it is not a single host: a dotted IPv4 mask, or an
 /// IPv6 prefix length. `None` for `/32` and `/128`, which ipvsadm does not print.
 pub fn netmask(family: Family, persistence: &Persistence) -> Option<String> {
-    match family {
-        Family::V4 if persistence.netmask < 32 => {
-            let bits = u32::MAX
-                .checked_shl(32 - u32::from(persistence.netmask))
-                .unwrap_or(0);
-            Some(Ipv4Addr::from(bits).to_string())
-        }
-        Family::V6 if persistence.netmask != 128 => Some(persistence.netmask.to_string()),
+    match (family, persistence.netmask) {
+        (Family::V4, mask) if mask != Netmask::Prefix(32) => Some(mask.ipv4_mask().to_string()),
+        (Family::V6, Netmask::Prefix(p)) if p != 128 => Some(p.to_string()),
         _ => None,
     }
 }
@@ -226,10 +221,9 @@ mod tests {
 
     #[test]
     fn netmasks_print_dotted_for_ipv4_and_as_a_length_for_ipv6() {
-        let p = |netmask| Persistence {
+        let p = |prefix| Persistence {
             timeout: 1,
-            netmask,
-            engine: None,
+            netmask: Netmask::Prefix(prefix),
         };
         assert_eq!(
             netmask(Family::V4, &p(24)).as_deref(),
@@ -239,5 +233,10 @@ mod tests {
         assert_eq!(netmask(Family::V4, &p(32)), None);
         assert_eq!(netmask(Family::V6, &p(64)).as_deref(), Some("64"));
         assert_eq!(netmask(Family::V6, &p(128)), None);
+        let odd = Persistence {
+            timeout: 1,
+            netmask: Netmask::from_ipv4("255.0.255.0".parse().unwrap()),
+        };
+        assert_eq!(netmask(Family::V4, &odd).as_deref(), Some("255.0.255.0"));
     }
 }

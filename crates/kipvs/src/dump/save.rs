@@ -34,7 +34,7 @@ pub fn service_options(out: &mut String, svc: &Service) {
             let _ = write!(out, " -M {mask}");
         }
     }
-    if let Some(pe) = svc.persistence.as_ref().and_then(|p| p.engine.as_ref()) {
+    if let Some(pe) = &svc.engine {
         let _ = write!(out, " --pe {}", pe.as_str());
     }
     if svc.flags.one_packet {

@@ -1,7 +1,7 @@
 //! Hand-written tables for the formatters' unit tests.
 
 use kipvs_ipvs::{
-    ConnCounters, Destination, DestinationEntry, Family, ForwardMethod, Info, Persistence,
+    ConnCounters, Destination, DestinationEntry, Family, ForwardMethod, Info, Netmask, Persistence,
     Protocol, Scheduler, SchedulerName, Service, ServiceEntry, ServiceFlags, ServiceKey, Stats,
     Table, TunnelConfig, TunnelKind, Version,
 };
@@ -61,9 +61,9 @@ pub fn sample_table() -> Table {
     )
     .with_persistence(Persistence {
         timeout: 60,
-        netmask: 64,
-        engine: Some(SchedulerName::try_new("sip").unwrap()),
-    });
+        netmask: Netmask::Prefix(64),
+    })
+    .with_engine(SchedulerName::try_new("sip").unwrap());
     let udp = Service::new(
         ServiceKey::Addr {
             protocol: Protocol::Udp,
@@ -74,8 +74,7 @@ pub fn sample_table() -> Table {
     )
     .with_persistence(Persistence {
         timeout: 360,
-        netmask: 24,
-        engine: None,
+        netmask: Netmask::Prefix(24),
     })
     .with_flags(ServiceFlags {
         one_packet: true,
