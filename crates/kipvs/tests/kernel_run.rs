@@ -500,3 +500,51 @@ fn health_check_node_ports_answer_with_local_endpoints_and_close_when_the_servic
     );
     terminate(child);
 }
+
+#[test]
+#[ignore = "kernel: run by tests/run"]
+fn node_cidr_local_detection_masquerades_by_the_nodes_pod_cidr_and_follows_it() {
+    let ns = node();
+    let dir = scratch("nodecidr");
+    let cfg = config_with(&dir, "2s", "", "detectLocalMode: NodeCIDR\n");
+    let example = std::fs::read_to_string(repo_file("examples/cluster.yaml")).unwrap();
+    let node_line = "  metadata: {name: node-a, labels: {topology.kubernetes.io/zone: zone-a}}\n";
+    assert!(example.contains(node_line));
+    let with_pod_cidr = |cidr: &str| {
+        example.replace(
+            node_line,
+            &format!("{node_line}  spec: {{podCIDR: {cidr}, podCIDRs: [{cidr}]}}\n"),
+        )
+    };
+    let state = dir.join("state.yaml");
+    write_state(&state, &with_pod_cidr("10.244.1.0/24"));
+    let child = start(&ns, &state.display().to_string(), &cfg);
+    // Traffic to a ClusterIP from outside this node's pods is masqueraded.
+    let masquerades_by = |nat: &str, cidr: &str| {
+        nat.lines().any(|l| {
+            l.starts_with("-A KUBE-SERVICES ")
+                && l.contains(&format!("! -s {cidr} "))
+                && l.contains("--match-set KUBE-CLUSTER-IP dst,dst")
+                && l.ends_with("-j KUBE-MARK-MASQ")
+        })
+    };
+    wait_for(
+        "masquerade by the node's pod CIDR",
+        Duration::from_secs(60),
+        || masquerades_by(&ns.run_ok("iptables-save", &["-t", "nat"]), "10.244.1.0/24"),
+    );
+    let nat = ns.run_ok("iptables-save", &["-t", "nat"]);
+    assert!(!nat.contains("10.244.0.0/16"), "clusterCIDR used: {nat}");
+
+    // The Node gets another pod CIDR: the rules follow.
+    write_state(&state, &with_pod_cidr("10.244.7.0/24"));
+    wait_for(
+        "masquerade by the new pod CIDR",
+        Duration::from_secs(60),
+        || {
+            let nat = ns.run_ok("iptables-save", &["-t", "nat"]);
+            masquerades_by(&nat, "10.244.7.0/24") && !nat.contains("10.244.1.0/24")
+        },
+    );
+    terminate(child);
+}

@@ -156,6 +156,9 @@ pub struct NodeInfo {
     /// False while the node is being deleted or is tainted for deletion by the cluster
     /// autoscaler: `/healthz` then fails so load balancers drain the node.
     pub eligible: bool,
+    /// `spec.podCIDRs` (else `spec.podCIDR`), those that parse: the pod ranges of this
+    /// node, for `detectLocalMode: NodeCIDR`.
+    pub pod_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// This node's facts as kipvs needs them.
@@ -186,13 +189,29 @@ pub fn node(node: &Node) -> NodeInfo {
             })
             .unwrap_or_default(),
         eligible: meta.deletion_timestamp.is_none() && !tainted,
+        pod_cidrs: pod_cidrs(node),
     }
+}
+
+/// The node's pod CIDRs: `spec.podCIDRs`, or `spec.podCIDR` when the list is absent or
+/// empty (older clusters); entries that do not parse are left out.
+fn pod_cidrs(node: &Node) -> Vec<ipnet::IpNet> {
+    let Some(spec) = node.spec.as_ref() else {
+        return Vec::new();
+    };
+    let listed: Vec<&String> = match spec.pod_cidrs.as_deref() {
+        Some(list) if !list.is_empty() => list.iter().collect(),
+        _ => spec.pod_cidr.iter().collect(),
+    };
+    listed.iter().filter_map(|c| c.parse().ok()).collect()
 }
 
 impl NodeInfo {
     /// The core's view of the node, with the given local addresses.
     pub fn to_core(&self, addresses: impl IntoIterator<Item = IpAddr>) -> kipvs_proxy::Node {
-        let node = kipvs_proxy::Node::new(self.name.clone()).with_addresses(addresses);
+        let node = kipvs_proxy::Node::new(self.name.clone())
+            .with_addresses(addresses)
+            .with_pod_cidrs(self.pod_cidrs.iter().copied());
         match &self.zone {
             Some(zone) => node.with_zone(zone.clone()),
             None => node,
@@ -345,6 +364,25 @@ ports: [{name: http, protocol: TCP, port: 8080}, {}]
         )
         .unwrap();
         assert!(!node(&deleting).eligible);
+    }
+
+    #[test]
+    fn pod_cidrs_come_from_the_list_else_the_single_field() {
+        let dual: Node = serde_yaml::from_str(
+            "metadata: {name: n}\nspec: {podCIDR: 10.244.9.0/24, podCIDRs: [10.244.1.0/24, \"fd00:1::/64\", bad]}\n",
+        )
+        .unwrap();
+        let expected: Vec<ipnet::IpNet> = vec![
+            "10.244.1.0/24".parse().unwrap(),
+            "fd00:1::/64".parse().unwrap(),
+        ];
+        assert_eq!(node(&dual).pod_cidrs, expected);
+        let old: Node =
+            serde_yaml::from_str("metadata: {name: n}\nspec: {podCIDR: 10.244.9.0/24}\n").unwrap();
+        let expected: Vec<ipnet::IpNet> = vec!["10.244.9.0/24".parse().unwrap()];
+        assert_eq!(node(&old).pod_cidrs, expected);
+        assert_eq!(node(&old).to_core([]).pod_cidrs, expected);
+        assert!(node(&example().nodes[0]).pod_cidrs.is_empty());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::hash::HashMap;
 use crate::ipset::{Entry, SetName};
 use crate::iptables::{FamilyRules, IptablesInputs};
-use crate::model::ServiceName;
+use crate::model::{Node, ServiceName};
 use crate::translate::{HealthCheck, NoNodeAccess, ServiceState, VirtualService};
 use crate::warning::{Reason, Warning};
 
@@ -303,8 +303,8 @@ impl Desired {
             .filter_map(|s| s.health_check.map(|h| (&s.name, h)))
     }
 
-    /// What the iptables layer needs to write its rules.
-    pub fn iptables(&self, config: &Config) -> IptablesInputs {
+    /// What the iptables layer needs to write its rules on `node`.
+    pub fn iptables(&self, config: &Config, node: &Node) -> IptablesInputs {
         let families = config
             .families
             .iter()
@@ -327,6 +327,11 @@ impl Desired {
                     family,
                     nonempty_sets,
                     no_node_access,
+                    node_pod_cidr: node
+                        .pod_cidrs
+                        .iter()
+                        .find(|c| kipvs_ipvs::Family::of(&c.addr()) == family)
+                        .copied(),
                 }
             })
             .collect();

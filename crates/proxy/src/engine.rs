@@ -317,6 +317,27 @@ mod tests {
     }
 
     #[test]
+    fn a_new_pod_cidr_on_the_node_rewrites_the_iptables_rules_with_it() {
+        let (mut p, _) = cluster(3);
+        let cidr: ipnet::IpNet = "10.244.3.0/24".parse().unwrap();
+        let node = p.node().clone().with_pod_cidrs([cidr]);
+        p.set_node(node);
+        let plan = p.sync(Moment::from_secs(1));
+        let inputs = plan.iptables.expect("the iptables inputs");
+        let v4 = inputs
+            .families
+            .iter()
+            .find(|f| f.family == kipvs_ipvs::Family::V4)
+            .unwrap();
+        assert_eq!(v4.node_pod_cidr, Some(cidr));
+        assert!(inputs
+            .families
+            .iter()
+            .filter(|f| f.family == kipvs_ipvs::Family::V6)
+            .all(|f| f.node_pod_cidr.is_none()));
+    }
+
+    #[test]
     fn owners_generation_moves_when_services_come_and_go_not_when_endpoints_do() {
         let (mut p, _) = cluster(3);
         let start = p.owners_generation();

@@ -32,4 +32,7 @@ pub struct FamilyRules {
     pub nonempty_sets: Vec<SetName>,
     /// LoadBalancer IP/ports this node may not reach (`KUBE-IPVS-OUT-FILTER`), sorted.
     pub no_node_access: Vec<NoNodeAccess>,
+    /// This node's pod CIDR of the family, if known: what is local with
+    /// `detectLocalMode: NodeCIDR` (kube-proxy takes the first of the family).
+    pub node_pod_cidr: Option<IpNet>,
 }

@@ -287,7 +287,7 @@ fn plan_into(
         }
     }
     if touched.iptables {
-        plan.iptables = Some(desired.iptables(scope.config));
+        plan.iptables = Some(desired.iptables(scope.config, scope.node));
     }
     plan.next_check = drain.next_deadline();
 }

@@ -176,6 +176,7 @@ mod tests {
                 SetName::new(SetKind::LoopBack, Family::V6),
             ],
             no_node_access: vec![lb],
+            node_pod_cidr: None,
         };
         let spec = RuleSpec::from_rules(&rules, RuleConfig::default());
         assert_eq!(spec.family, Family::V4);

@@ -214,17 +214,31 @@ async fn drive<K: Kernel>(
     rx: mpsc::Receiver<ClusterEvent>,
     mode: Mode,
 ) -> Option<Outcome> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Registered now, not when first polled: the loop may run pass after pass without
+    // yielding (a slow kernel, changes queued), and a SIGTERM arriving before
+    // registration would kill kipvs instead of stopping it.
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
     let terminate = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            () = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+            () = received(term.as_mut()) => {},
+            () = received(int.as_mut()) => {},
         }
     };
     tokio::select! {
         outcome = sync.run(rx, mode) => Some(outcome),
         () = terminate => None,
+    }
+}
+
+/// Waits for `signal`; forever when it could not be registered.
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

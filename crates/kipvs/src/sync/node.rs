@@ -14,7 +14,7 @@ use kipvs_host::ipset::{SetHeader, SetOp};
 use kipvs_host::iptables::{Backend, Iptables, LocalDetector, MasqueradeBit, RuleConfig, RuleSpec};
 use kipvs_host::link::VipLink;
 use kipvs_ipvs::{Client, Family, Operation};
-use kipvs_proxy::{IpvsOp, Member, Observed, Plan, SetName};
+use kipvs_proxy::{FamilyRules, IpvsOp, Member, Observed, Plan, SetName};
 use tokio::runtime::Handle;
 
 use super::kernel::{Kernel, ObserveError, OpKind, Report};
@@ -235,19 +235,8 @@ impl NodeKernel {
         local_addresses(self.link.name())
     }
 
-    fn detector(&self, family: Family) -> LocalDetector {
-        match &self.local_detection {
-            LocalDetection::ClusterCidrs(cidrs) => cidrs
-                .iter()
-                .find(|c| Family::of(&c.addr()) == family)
-                .map_or(LocalDetector::None, |c| LocalDetector::Cidr(*c)),
-            // The node's pod CIDR is not known here yet: behave as without detection.
-            LocalDetection::NodeCidr => LocalDetector::None,
-            LocalDetection::BridgeInterface(name) => LocalDetector::BridgeInterface(name.clone()),
-            LocalDetection::InterfaceNamePrefix(prefix) => {
-                LocalDetector::InterfaceNamePrefix(prefix.clone())
-            }
-        }
+    fn detector(&self, rules: &FamilyRules) -> LocalDetector {
+        local_detector(&self.local_detection, rules)
     }
 
     fn set_ops(entries: &[(SetName, Member)], add: bool) -> Vec<SetOp> {
@@ -309,6 +298,24 @@ impl NodeKernel {
     }
 }
 
+/// How the iptables rules of one family tell this node's pods' traffic, by the
+/// configured mode: `ClusterCIDR` by the cluster CIDR of the family, `NodeCIDR` by
+/// this Node's pod CIDR of the family (no detection until the Node says it).
+pub fn local_detector(detection: &LocalDetection, rules: &FamilyRules) -> LocalDetector {
+    let cidr =
+        |c: Option<&ipnet::IpNet>| c.map_or(LocalDetector::None, |c| LocalDetector::Cidr(*c));
+    match detection {
+        LocalDetection::ClusterCidrs(cidrs) => {
+            cidr(cidrs.iter().find(|c| Family::of(&c.addr()) == rules.family))
+        }
+        LocalDetection::NodeCidr => cidr(rules.node_pod_cidr.as_ref()),
+        LocalDetection::BridgeInterface(name) => LocalDetector::BridgeInterface(name.clone()),
+        LocalDetection::InterfaceNamePrefix(prefix) => {
+            LocalDetector::InterfaceNamePrefix(prefix.clone())
+        }
+    }
+}
+
 impl Kernel for NodeKernel {
     fn observe(&mut self) -> Result<Observed, ObserveError> {
         let table = self.ipvs.table().map_err(|e| ObserveError(e.to_string()))?;
@@ -365,7 +372,7 @@ impl Kernel for NodeKernel {
                     continue;
                 };
                 let config = RuleConfig {
-                    local_detector: self.detector(rules.family),
+                    local_detector: self.detector(rules),
                     ..self.rule_config.clone()
                 };
                 let spec = RuleSpec::from_rules(rules, config);
@@ -376,5 +383,49 @@ impl Kernel for NodeKernel {
             }
         }
         report
+    }
+}
+
+#[cfg(test)]
+mod detector_tests {
+    use super::*;
+
+    fn rules(family: Family, node_pod_cidr: Option<&str>) -> FamilyRules {
+        FamilyRules {
+            family,
+            nonempty_sets: Vec::new(),
+            no_node_access: Vec::new(),
+            node_pod_cidr: node_pod_cidr.map(|c| c.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn node_cidr_detection_uses_the_nodes_pod_cidr_of_the_family_once_known() {
+        let mode = LocalDetection::NodeCidr;
+        assert_eq!(
+            local_detector(&mode, &rules(Family::V4, Some("10.244.3.0/24"))),
+            LocalDetector::Cidr("10.244.3.0/24".parse().unwrap())
+        );
+        assert_eq!(
+            local_detector(&mode, &rules(Family::V4, None)),
+            LocalDetector::None
+        );
+    }
+
+    #[test]
+    fn cluster_cidr_detection_uses_the_cluster_cidr_of_the_family() {
+        let mode = LocalDetection::ClusterCidrs(vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00::/48".parse().unwrap(),
+        ]);
+        let pod = Some("10.244.3.0/24");
+        assert_eq!(
+            local_detector(&mode, &rules(Family::V6, pod)),
+            LocalDetector::Cidr("fd00::/48".parse().unwrap())
+        );
+        assert_eq!(
+            local_detector(&mode, &rules(Family::V4, pod)),
+            LocalDetector::Cidr("10.244.0.0/16".parse().unwrap())
+        );
     }
 }

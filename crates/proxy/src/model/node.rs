@@ -2,6 +2,8 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 /// The node kipvs runs on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Node {
@@ -13,6 +15,9 @@ pub struct Node {
     /// (filtered by `nodePortAddresses`), and ExternalIPs / LoadBalancer IPs among them
     /// are not bound to kube-ipvs0.
     pub addresses: Vec<IpAddr>,
+    /// Its pod CIDRs (`spec.podCIDRs`): traffic from them is local with
+    /// `detectLocalMode: NodeCIDR`.
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 impl Node {
@@ -22,6 +27,7 @@ impl Node {
             name: name.into(),
             zone: None,
             addresses: Vec::new(),
+            pod_cidrs: Vec::new(),
         }
     }
 
@@ -34,6 +40,12 @@ impl Node {
     /// The same node with these local addresses.
     pub fn with_addresses(mut self, addresses: impl IntoIterator<Item = IpAddr>) -> Self {
         self.addresses = addresses.into_iter().collect();
+        self
+    }
+
+    /// The same node with these pod CIDRs.
+    pub fn with_pod_cidrs(mut self, pod_cidrs: impl IntoIterator<Item = IpNet>) -> Self {
+        self.pod_cidrs = pod_cidrs.into_iter().collect();
         self
     }
 
