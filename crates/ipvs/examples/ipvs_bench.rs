@@ -10,8 +10,11 @@
 //! searches, so a mode run after another's deletions would pay for them. The batched and
 //! unbatched modes run ROUNDS times (default 3), interleaved, and the fastest round of
 //! each counts (the machine may be shared; the minimum is the least disturbed);
-//! `ipvsadm -R` runs once, it is by far the slowest. Prints one line per measurement,
-//! then the suite line.
+//! `ipvsadm -R` runs once, it is by far the slowest. Before each measurement the bench
+//! waits for the machine to go idle: tearing down the previous namespace (100,000
+//! destinations freed, RCU callbacks) runs in kernel workers for seconds afterwards, and
+//! would otherwise be charged to whichever mode comes next, more with every round.
+//! Prints one line per measurement, then the suite line.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -112,6 +115,39 @@ fn ipvsadm(netns: &str, args: &[&str], input: Option<&str>) -> Result<Duration, 
     Ok(took)
 }
 
+/// Busy and total CPU time so far, from the first line of `/proc/stat`.
+fn cpu_times() -> Result<(u64, u64), BoxError> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .ok_or("/proc/stat is empty")?
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let total: u64 = fields.iter().sum();
+    // idle and iowait are the fourth and fifth fields.
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// Waits (at most a minute) until the CPUs are at least 90% idle over a quarter second,
+/// so that the kernel's background work left by the previous measurement is done.
+fn settle() -> Result<Duration, BoxError> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        let (busy0, total0) = cpu_times()?;
+        std::thread::sleep(Duration::from_millis(250));
+        let (busy1, total1) = cpu_times()?;
+        let (busy, total) = (busy1 - busy0, (total1 - total0).max(1));
+        if busy * 10 <= total {
+            break;
+        }
+    }
+    Ok(start.elapsed())
+}
+
 fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let start = Instant::now();
     let out = f();
@@ -199,6 +235,13 @@ fn fastest(rounds: &[Round]) -> Round {
     }
 }
 
+/// The median programming time of the rounds (the upper one of an even count).
+fn median_program(rounds: &[Round]) -> Duration {
+    let mut times: Vec<Duration> = rounds.iter().map(|r| r.program).collect();
+    times.sort_unstable();
+    times.get(times.len() / 2).copied().unwrap_or_default()
+}
+
 fn samples(rounds: &[Round]) -> String {
     rounds
         .iter()
@@ -226,7 +269,11 @@ fn main() -> Result<(), BoxError> {
     let delete = delete_ops(n)?;
     let (nprog, ndel) = (program.len(), delete.len());
     let mut namespaces = 0..;
-    let mut fresh = || Netns::create(namespaces.next().unwrap_or_default());
+    let mut settled = Duration::ZERO;
+    let mut fresh = || -> Result<Netns, BoxError> {
+        settled += settle()?;
+        Netns::create(namespaces.next().unwrap_or_default())
+    };
 
     let (mut batched, mut unbatched, mut reads) = (Vec::new(), Vec::new(), Vec::new());
     let mut ipvsadm_round = None;
@@ -291,6 +338,10 @@ fn main() -> Result<(), BoxError> {
     }
     let peer = ipvsadm_round.ok_or("ipvsadm did not run")?;
     let (b, u) = (fastest(&batched), fastest(&unbatched));
+    println!(
+        "waited {:.1} s in all for the machine to settle before measurements",
+        settled.as_secs_f64()
+    );
     let read_crate = reads.iter().map(|r| r.0).min().unwrap_or_default();
     let read_ipvsadm = reads.iter().map(|r| r.1).min().unwrap_or_default();
 
@@ -325,9 +376,11 @@ fn main() -> Result<(), BoxError> {
     println!(
         "ratios: program batched vs ipvsadm -R {vs_ipvsadm:.1}x, vs unbatched {vs_unbatched:.1}x; \
          program+delete vs ipvsadm -R {:.1}x, vs unbatched {:.1}x; \
-         full-table read vs ipvsadm -Ln {read_ratio:.1}x",
+         full-table read vs ipvsadm -Ln {read_ratio:.1}x; \
+         program batched vs unbatched, medians of the rounds: {:.1}x",
         ratio(peer.program + peer.delete, b.program + b.delete),
         ratio(u.program + u.delete, b.program + b.delete),
+        ratio(median_program(&unbatched), median_program(&batched)),
     );
     println!(
         "SUITE: ipvs {:.0} ops/s batched, {:.0} ops/s unbatched ({vs_unbatched:.1}x), \
