@@ -13,6 +13,16 @@
 //! The node's default route (the client stands for the upstream router) is what makes
 //! proxy ARP answer for the pods' gateway 169.254.1.1, as on a Calico node.
 //!
+//! Everything is dual-stack: the same links carry fd00:192:168:1::/64 (node `::10`,
+//! client `::100`), each pod has fd00:10:244:1::N/128 with its default route via
+//! fe80::1, the node-side veth's link-local address. DAD is off, so addresses work at
+//! once.
+//!
+//! [`Cluster::add_bridged_pod`] attaches pods the other common way instead: to a Linux
+//! bridge `cni0` (10.244.2.1/24, fd00:10:244:2::1/64) with `br_netfilter` loaded,
+//! `bridge-nf-call-iptables=1` and hairpin mode on the pods' ports, as bridge CNIs
+//! (flannel's `hairpinMode: true`, kubenet) set them up.
+//!
 //! Every pod answers on TCP and UDP port [`POD_PORT`] with its name and the source
 //! address it saw, so a test asserts what a client got: which pod, through which
 //! translation. Servers and clients only *create* their sockets inside a namespace (a
@@ -27,7 +37,7 @@
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -51,6 +61,12 @@ pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 100);
 /// The external client's second address (for source-range tests).
 pub const CLIENT_IP_2: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 101);
+/// The node's IPv6 address on the client-facing link.
+pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x192, 0x168, 1, 0, 0, 0, 0x10);
+/// The external client's IPv6 address.
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x192, 0x168, 1, 0, 0, 0, 0x100);
+/// The node's address on the pods' bridge, their gateway.
+pub const BRIDGE_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 1);
 /// The port every pod serves on, TCP and UDP.
 pub const POD_PORT: u16 = 8080;
 /// How long a client waits to connect or for an answer.
@@ -83,6 +99,8 @@ pub struct Pod {
     pub name: String,
     /// Its IPv4 address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address.
+    pub ip6: Ipv6Addr,
     /// The node the EndpointSlices say it runs on.
     pub node: &'static str,
     /// Its namespace.
@@ -105,7 +123,7 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// A ready endpoint for `pod`.
+    /// A ready endpoint for `pod`'s IPv4 address.
     pub fn ready(pod: &Pod) -> Endpoint {
         Endpoint {
             ip: IpAddr::V4(pod.ip),
@@ -113,6 +131,14 @@ impl Endpoint {
             ready: true,
             serving: true,
             terminating: false,
+        }
+    }
+
+    /// A ready endpoint for `pod`'s IPv6 address.
+    pub fn ready6(pod: &Pod) -> Endpoint {
+        Endpoint {
+            ip: IpAddr::V6(pod.ip6),
+            ..Endpoint::ready(pod)
         }
     }
 
@@ -168,12 +194,14 @@ pub struct Service {
 }
 
 impl Service {
-    /// A ClusterIP Service with one TCP and one UDP port (both `port`), on `endpoints`.
+    /// A ClusterIP Service with one TCP and one UDP port (both `port`), on `endpoints`
+    /// (their addresses of the ClusterIP's family).
     pub fn cluster_ip(name: &'static str, ip: &str, port: u16, endpoints: &[&Pod]) -> Service {
+        let cluster_ip: IpAddr = ip.parse().expect("a test ClusterIP");
         Service {
             name,
             kind: "ClusterIP",
-            cluster_ip: ip.parse().expect("a test ClusterIP"),
+            cluster_ip,
             ports: vec![
                 Port {
                     name: "tcp",
@@ -194,7 +222,13 @@ impl Service {
             external_local: false,
             affinity_seconds: None,
             annotations: Vec::new(),
-            endpoints: endpoints.iter().map(|p| Endpoint::ready(p)).collect(),
+            endpoints: endpoints
+                .iter()
+                .map(|p| match cluster_ip {
+                    IpAddr::V4(_) => Endpoint::ready(p),
+                    IpAddr::V6(_) => Endpoint::ready6(p),
+                })
+                .collect(),
         }
     }
 
@@ -293,6 +327,19 @@ impl Service {
     }
 }
 
+/// A state file (or what an API server holds): this node and `services`, with their
+/// EndpointSlices, as multi-document YAML.
+pub fn state_yaml(services: &[Service]) -> String {
+    let mut text = format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {NODE}}}\nstatus:\n  addresses:\n  - {{type: InternalIP, address: {NODE_IP}}}\n  - {{type: InternalIP, address: \"{NODE_IP6}\"}}\n"
+    );
+    for s in services {
+        text.push_str("---\n");
+        text.push_str(&s.yaml());
+    }
+    text
+}
+
 fn quoted<T: std::fmt::Display>(items: &[T]) -> String {
     items
         .iter()
@@ -300,6 +347,11 @@ fn quoted<T: std::fmt::Display>(items: &[T]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// Turns duplicate address detection off for links created from now on in a
+/// namespace, so IPv6 addresses (link-local ones too) work at once.
+const NO_DAD: &str = "sysctl -qw net.ipv6.conf.default.accept_dad=0
+                      sysctl -qw net.ipv6.conf.all.accept_dad=0";
 
 /// The whole topology: node, client, pods, and the kipvs process once started.
 #[derive(Debug)]
@@ -330,19 +382,26 @@ impl Cluster {
     pub fn with_sync_period(test: &str, sync_period: &str, extra_ipvs: &str) -> Cluster {
         let node = Netns::new();
         let client = Netns::new();
+        client.sh(NO_DAD);
         node.sh(&format!(
-            "sysctl -qw net.ipv4.ip_forward=1
+            "{NO_DAD}
+             sysctl -qw net.ipv4.ip_forward=1
+             sysctl -qw net.ipv6.conf.all.forwarding=1
              ip link add eth0 type veth peer name eth0 netns {client}
              ip addr add {NODE_IP}/24 dev eth0
+             ip -6 addr add {NODE_IP6}/64 dev eth0 nodad
              ip link set eth0 up
-             ip route add default via {CLIENT_IP}",
+             ip route add default via {CLIENT_IP}
+             ip -6 route add default via {CLIENT_IP6}",
             client = client.name()
         ));
         client.sh(&format!(
             "ip addr add {CLIENT_IP}/24 dev eth0
              ip addr add {CLIENT_IP_2}/24 dev eth0
+             ip -6 addr add {CLIENT_IP6}/64 dev eth0 nodad
              ip link set eth0 up
-             ip route add default via {NODE_IP}"
+             ip route add default via {NODE_IP}
+             ip -6 route add default via {NODE_IP6}"
         ));
         let dir = std::env::temp_dir().join(format!("kipvs-e2e-{test}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch directory");
@@ -351,7 +410,7 @@ impl Cluster {
             &config,
             format!(
                 "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\n\
-                 clusterCIDR: 10.244.0.0/16\nhealthzBindAddress: 127.0.0.1:10256\nmetricsBindAddress: 127.0.0.1:10249\n\
+                 clusterCIDR: \"10.244.0.0/16,fd00:10:244::/56\"\nhealthzBindAddress: 127.0.0.1:10256\nmetricsBindAddress: 127.0.0.1:10249\n\
                  ipvs: {{syncPeriod: {sync_period}, minSyncPeriod: 0s{extra_ipvs}}}\n"
             ),
         )
@@ -374,26 +433,80 @@ impl Cluster {
         let index = self.pods.len();
         let n = u8::try_from(index + 2).expect("fewer than 250 pods");
         let ip = Ipv4Addr::new(10, 244, 1, n);
+        let ip6 = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, n.into());
         let ns = Netns::new();
+        ns.sh(NO_DAD);
         let veth = format!("cali{n}");
         self.node.sh(&format!(
             "ip link add {veth} type veth peer name eth0 netns {pod}
+             ip -6 addr add fe80::1/64 dev {veth} nodad
              ip link set {veth} up
              sysctl -qw net.ipv4.conf.{veth}.proxy_arp=1
-             ip route add {ip}/32 dev {veth}",
+             ip route add {ip}/32 dev {veth}
+             ip -6 route add {ip6}/128 dev {veth}",
             pod = ns.name()
         ));
         ns.sh(&format!(
             "ip addr add {ip}/32 dev eth0
+             ip -6 addr add {ip6}/128 dev eth0 nodad
              ip link set eth0 up
              ip route add 169.254.1.1 dev eth0 scope link
-             ip route add default via 169.254.1.1 dev eth0"
+             ip route add default via 169.254.1.1 dev eth0
+             ip -6 route add default via fe80::1 dev eth0"
         ));
         serve(&ns, name);
         self.pods.push(Pod {
             name: name.to_owned(),
             ip,
+            ip6,
             node,
+            ns,
+        });
+        index
+    }
+
+    /// Adds a pod on this node attached to the bridge `cni0` (created with the first
+    /// one): its address 10.244.2.N/24 (fd00:10:244:2::N/64), its gateway the bridge's
+    /// [`BRIDGE_IP`]. Returns its index in [`Cluster::pods`].
+    pub fn add_bridged_pod(&mut self, name: &str) -> usize {
+        let index = self.pods.len();
+        let n = u8::try_from(index + 2).expect("fewer than 250 pods");
+        if !self.node.ip(&["link", "show"]).contains("cni0") {
+            kipvs_testkit::modprobe("br_netfilter");
+            self.node.sh(&format!(
+                "ip link add cni0 type bridge
+                 ip addr add {BRIDGE_IP}/24 dev cni0
+                 ip -6 addr add fd00:10:244:2::1/64 dev cni0 nodad
+                 ip link set cni0 up
+                 sysctl -qw net.bridge.bridge-nf-call-iptables=1
+                 sysctl -qw net.bridge.bridge-nf-call-ip6tables=1"
+            ));
+        }
+        let ip = Ipv4Addr::new(10, 244, 2, n);
+        let ip6 = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, n.into());
+        let ns = Netns::new();
+        ns.sh(NO_DAD);
+        let veth = format!("veth{n}");
+        self.node.sh(&format!(
+            "ip link add {veth} type veth peer name eth0 netns {pod}
+             ip link set {veth} master cni0
+             ip link set {veth} type bridge_slave hairpin on
+             ip link set {veth} up",
+            pod = ns.name()
+        ));
+        ns.sh(&format!(
+            "ip addr add {ip}/24 dev eth0
+             ip -6 addr add {ip6}/64 dev eth0 nodad
+             ip link set eth0 up
+             ip route add default via {BRIDGE_IP}
+             ip -6 route add default via fd00:10:244:2::1"
+        ));
+        serve(&ns, name);
+        self.pods.push(Pod {
+            name: name.to_owned(),
+            ip,
+            ip6,
+            node: NODE,
             ns,
         });
         index
@@ -414,16 +527,14 @@ impl Cluster {
     /// Writes the state file: this node and `services`, replacing what was there in one
     /// rename (kipvs never reads half a file).
     pub fn apply(&self, services: &[Service]) {
-        let mut text = format!(
-            "apiVersion: v1\nkind: Node\nmetadata: {{name: {NODE}}}\nstatus:\n  addresses:\n  - {{type: InternalIP, address: {NODE_IP}}}\n"
-        );
-        for s in services {
-            text.push_str("---\n");
-            text.push_str(&s.yaml());
-        }
         let tmp = self.dir.join("state.yaml.tmp");
-        std::fs::write(&tmp, text).expect("state written");
+        std::fs::write(&tmp, state_yaml(services)).expect("state written");
         std::fs::rename(&tmp, &self.state).expect("state renamed");
+    }
+
+    /// The test's scratch directory (removed when the cluster drops).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The state file's path.
@@ -434,11 +545,22 @@ impl Cluster {
     /// Starts `kipvs run --state` in the node (after [`Cluster::apply`]) and waits until
     /// the kernel holds what it plans.
     pub fn start(&self) {
+        self.spawn(&["--state".as_ref(), self.state.as_os_str()]);
+    }
+
+    /// Starts `kipvs run --kubeconfig KUBECONFIG` (an API server instead of the state
+    /// file) and waits until the kernel holds what the state file plans: a test keeps
+    /// both saying the same.
+    pub fn start_watching(&self, kubeconfig: &Path) {
+        self.spawn(&["--kubeconfig".as_ref(), kubeconfig.as_os_str()]);
+    }
+
+    fn spawn(&self, source: &[&std::ffi::OsStr]) {
         let mut running = self.kipvs.lock().expect("kipvs lock");
         assert!(running.is_none(), "kipvs already runs");
         let child = Command::new("ip")
-            .args(["netns", "exec", self.node.name(), KIPVS, "run", "--state"])
-            .arg(&self.state)
+            .args(["netns", "exec", self.node.name(), KIPVS, "run"])
+            .args(source)
             .arg("--config")
             .arg(&self.config)
             .args(["--hostname-override", NODE])
