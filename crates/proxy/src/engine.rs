@@ -106,12 +106,15 @@ impl Proxier {
         }
     }
 
-    /// Adds or replaces a Service.
-    pub fn upsert_service(&mut self, service: Service) {
-        if self.services.get(&service.name) != Some(&service) {
-            self.dirty.insert(service.name.clone());
-            self.services.insert(service.name.clone(), service);
+    /// Adds or replaces a Service. Returns whether it changed anything (an identical
+    /// Service, as a relist brings, does not).
+    pub fn upsert_service(&mut self, service: Service) -> bool {
+        if self.services.get(&service.name) == Some(&service) {
+            return false;
         }
+        self.dirty.insert(service.name.clone());
+        self.services.insert(service.name.clone(), service);
+        true
     }
 
     /// Removes a Service.
@@ -121,10 +124,10 @@ impl Proxier {
         }
     }
 
-    /// Adds or replaces an EndpointSlice.
-    pub fn upsert_slice(&mut self, slice: EndpointSlice) {
+    /// Adds or replaces an EndpointSlice. Returns whether it changed anything.
+    pub fn upsert_slice(&mut self, slice: EndpointSlice) -> bool {
         if self.slices.get(&slice.name) == Some(&slice) {
-            return;
+            return false;
         }
         if let Some(old) = self.slices.get(&slice.name) {
             if old.service != slice.service {
@@ -139,6 +142,7 @@ impl Proxier {
             .insert(slice.name.clone());
         self.dirty.insert(slice.service.clone());
         self.slices.insert(slice.name.clone(), slice);
+        true
     }
 
     /// Removes an EndpointSlice.

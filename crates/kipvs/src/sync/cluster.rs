@@ -14,9 +14,10 @@ use kipvs_proxy::{EndpointSlice, Proxier, Service, ServiceName, SliceName, Warni
 /// What one event changed, for logs, metrics, Events and health.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Applied {
-    /// Services created, changed or removed.
+    /// Services created, changed or removed (an identical copy, as a relist or a
+    /// re-read state file brings, is no change).
     pub service_changes: u64,
-    /// EndpointSlices created, changed or removed.
+    /// EndpointSlices created, changed or removed (likewise).
     pub slice_changes: u64,
     /// Objects refused whole (no name, FQDN slices, ...), with the reason.
     pub refused: Vec<String>,
@@ -26,7 +27,7 @@ pub struct Applied {
     /// Services applied without any warning, or removed: what was reported about them
     /// is over, so a later recurrence is reported again.
     pub cleared: Vec<ServiceName>,
-    /// This node's facts changed.
+    /// This node's facts changed (or arrived for the first time).
     pub node: Option<NodeInfo>,
     /// The source could not read the cluster; nothing else changed.
     pub degraded: Option<String>,
@@ -45,6 +46,8 @@ pub struct ClusterView {
     node_name: String,
     services: BTreeSet<ObjectKey>,
     slices: BTreeSet<ObjectKey>,
+    /// This node's facts as last reported, so an unchanged Node is no news.
+    node: Option<NodeInfo>,
 }
 
 fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectKey {
@@ -109,7 +112,8 @@ impl ClusterView {
             }
             ClusterEvent::NodeApplied(node) => {
                 let info = convert::node(&node);
-                if info.name == self.node_name {
+                if info.name == self.node_name && self.node.as_ref() != Some(&info) {
+                    self.node = Some(info.clone());
                     applied.node = Some(info);
                 }
             }
@@ -136,9 +140,10 @@ impl ClusterView {
                         .iter()
                         .map(|w| (service.name.clone(), w.clone())),
                 );
-                proxier.upsert_service(service);
+                if proxier.upsert_service(service) {
+                    applied.service_changes += 1;
+                }
                 self.services.insert(object);
-                applied.service_changes += 1;
             }
             Err(refused) => {
                 // A Service the core cannot take is as good as absent: if an earlier
@@ -161,9 +166,10 @@ impl ClusterView {
         let object = key(&slice.metadata);
         match EndpointSlice::try_new(convert::endpoint_slice(slice)) {
             Ok(slice) => {
-                proxier.upsert_slice(slice);
+                if proxier.upsert_slice(slice) {
+                    applied.slice_changes += 1;
+                }
                 self.slices.insert(object);
-                applied.slice_changes += 1;
             }
             Err(refused) => {
                 if self.slices.remove(&object) {
@@ -225,7 +231,10 @@ mod tests {
         view.apply(&mut p, ClusterEvent::ServicesReset(services.clone()));
         services.retain(|s| s.metadata.name.as_deref() != Some("kube-dns"));
         let applied = view.apply(&mut p, ClusterEvent::ServicesReset(services));
-        assert_eq!(applied.service_changes, 3, "one removal and two upserts");
+        assert_eq!(
+            applied.service_changes, 1,
+            "one removal; the two unchanged Services are no change"
+        );
         assert_eq!(virtual_services(&mut p), 3);
     }
 
@@ -310,8 +319,10 @@ mod tests {
         let applied = view.apply(&mut p, ClusterEvent::NodeApplied(Box::new(node.clone())));
         assert_eq!(applied.node, None);
         let mut view = ClusterView::new("node-a");
-        let applied = view.apply(&mut p, ClusterEvent::NodeApplied(Box::new(node)));
+        let applied = view.apply(&mut p, ClusterEvent::NodeApplied(Box::new(node.clone())));
         assert_eq!(applied.node.map(|n| n.zone), Some(Some("zone-a".into())));
+        let again = view.apply(&mut p, ClusterEvent::NodeApplied(Box::new(node)));
+        assert!(!again.changed(), "an unchanged Node is no news");
     }
 
     #[test]

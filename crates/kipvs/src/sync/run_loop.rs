@@ -319,9 +319,10 @@ impl<K: Kernel> SyncLoop<K> {
         if success {
             self.retry = self.timing.retry;
             if let Some(since) = self.pending_since.take() {
+                // Until now, when the kernel reflects the change, not when the pass began.
                 metrics
                     .network_programming_duration
-                    .observe(now.duration_since(since).as_secs_f64());
+                    .observe(Instant::now().duration_since(since).as_secs_f64());
             }
             let wall = SystemTime::now();
             self.shared.with_health(|h| h.updated(wall));
