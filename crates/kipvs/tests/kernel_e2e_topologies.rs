@@ -10,7 +10,7 @@ mod e2e;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
-use e2e::{addr, state_yaml, tcp, udp, Cluster, Service, BRIDGE_IP, NODE, NODE_IP6};
+use e2e::{addr, state_yaml, tcp, udp, Cluster, Service, BRIDGE_IP, CLIENT_IP6, NODE, NODE_IP6};
 use kipvs_apiserver_fake::ApiServer;
 use kipvs_kube::state_file;
 use kipvs_testkit::Netns;
@@ -52,13 +52,16 @@ fn ipv6_cluster_ip_and_node_port_reach_every_pod() {
         IpAddr::V6(c.pod(caller).ip6)
     );
 
-    // NodePort on the node's IPv6 address, from outside: both pods answer. (Which
-    // source they see is not asserted over IPv6: in the VM, UDP NodePort traffic reached
-    // the pods unmasqueraded while TCP was masqueraded, an open finding.)
+    // NodePort on the node's IPv6 address, from outside: both pods answer, masqueraded.
+    // (The masquerade address is the kernel's source choice for the pod's link, which
+    // has only a link-local address: any global address of the node, here a kube-ipvs0
+    // VIP, as it would be with kube-proxy. The pod never sees the client.)
     let mut seen = BTreeSet::new();
     for _ in 0..4 {
         let t = tcp(&c.client, SocketAddr::new(NODE_IP6.into(), 30080)).unwrap();
         let u = udp(&c.client, SocketAddr::new(NODE_IP6.into(), 30081)).unwrap();
+        assert_ne!(t.source, IpAddr::V6(CLIENT_IP6), "NodePort not masqueraded");
+        assert_ne!(u.source, IpAddr::V6(CLIENT_IP6), "NodePort not masqueraded");
         seen.insert(t.pod);
         seen.insert(u.pod);
     }

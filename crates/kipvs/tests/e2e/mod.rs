@@ -613,12 +613,40 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(300));
         }
-        // iptables rules follow the sets in the same sync: let that finish too.
-        wait_for("KUBE-POSTROUTING", Duration::from_secs(30), || {
-            self.node
-                .run_ok("iptables-save", &["-t", "nat"])
-                .contains("-A KUBE-POSTROUTING")
+        // iptables rules (both families) are written after the sets, in the same pass,
+        // seconds later in the emulated VM: wait for the pass to end after the last
+        // change was queued, or the first packets would miss the masquerade rules.
+        wait_for("kipvs' pass to finish", Duration::from_secs(60), || {
+            let metrics = self.metrics();
+            let gauge = |name: &str| -> f64 {
+                metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                    .unwrap_or(0.0)
+            };
+            let synced = gauge("kubeproxy_sync_proxy_rules_last_timestamp_seconds ");
+            synced > 0.0
+                && synced >= gauge("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds ")
         });
+    }
+
+    /// What kipvs' `/metrics` says (empty when it does not answer).
+    pub fn metrics(&self) -> String {
+        let stream = {
+            let _inside = self.node.enter();
+            TcpStream::connect_timeout(&addr("127.0.0.1", 10249), CLIENT_TIMEOUT)
+        };
+        let Ok(mut stream) = stream else {
+            return String::new();
+        };
+        let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+        let mut response = String::new();
+        let request = "GET /metrics HTTP/1.1\r\nHost: kipvs\r\nConnection: close\r\n\r\n";
+        if stream.write_all(request.as_bytes()).is_err() {
+            return String::new();
+        }
+        let _ = io::Read::read_to_string(&mut stream, &mut response);
+        response
     }
 
     /// `ipvsadm -Ln` in the node.
