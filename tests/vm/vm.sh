@@ -19,7 +19,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${CARGO_TARGET_DIR:-$repo/target}/kipvs-vm
-vm_timeout=${KIPVS_VM_TIMEOUT:-1800}
+vm_timeout=${KIPVS_VM_TIMEOUT:-3000}
 
 die() { echo "vm: $*" >&2; exit 125; }
 
