@@ -40,11 +40,6 @@ const REQUEST_BUDGET: usize = 256;
 const MAX_CHUNK: usize = 1024;
 /// Attempts of a dump interrupted by concurrent changes before giving up.
 const DUMP_ATTEMPTS: u32 = 5;
-/// Tables with fewer services read their destinations on one socket: a thread costs
-/// more than it saves below this.
-const PARALLEL_MIN_SERVICES: usize = 256;
-/// Most sockets (and threads) reading destinations at once in [`Client::table`].
-const MAX_DUMP_SOCKETS: usize = 4;
 
 /// A handle on the IPVS table of one network namespace.
 ///
@@ -60,30 +55,6 @@ pub struct Client {
     rx: Vec<u8>,
     tx: Writer,
     max_chunk: usize,
-    /// The namespace the socket belongs to, so helpers can open theirs there too.
-    origin: Origin,
-    /// Clients on further sockets of the same namespace that read destinations in
-    /// parallel in [`Client::table`] (one dump per socket at a time); opened on first
-    /// use and kept.
-    helpers: Vec<Client>,
-}
-
-/// Where a client's socket was opened.
-#[derive(Debug, Clone)]
-enum Origin {
-    /// The creating thread's namespace, by device and inode of its namespace file
-    /// (`None` when that could not be read).
-    Thread(Option<(u64, u64)>),
-    /// A namespace file.
-    Path(std::path::PathBuf),
-}
-
-/// The device and inode of the calling thread's network namespace.
-fn thread_netns() -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata("/proc/thread-self/ns/net")
-        .ok()
-        .map(|m| (m.dev(), m.ino()))
 }
 
 /// How one request of a round trip ended.
@@ -142,9 +113,8 @@ impl Client {
     /// Fails with [`Error::Unavailable`] when the kernel has no IPVS, or [`Error::Io`]
     /// when no netlink socket can be opened.
     pub fn new() -> Result<Client> {
-        let origin = Origin::Thread(thread_netns());
         let sock = NetlinkSocket::open(DEFAULT_TIMEOUT).map_err(connect_error)?;
-        Client::with_socket(sock, IPVS_GENL_NAME, origin)
+        Client::with_socket(sock, IPVS_GENL_NAME)
     }
 
     /// Opens a client on the IPVS table of the network namespace at `netns` (for example
@@ -154,61 +124,32 @@ impl Client {
     pub fn in_netns(netns: impl AsRef<Path>) -> Result<Client> {
         let sock =
             NetlinkSocket::open_in(netns.as_ref(), DEFAULT_TIMEOUT).map_err(connect_error)?;
-        Client::with_socket(
-            sock,
-            IPVS_GENL_NAME,
-            Origin::Path(netns.as_ref().to_owned()),
-        )
+        Client::with_socket(sock, IPVS_GENL_NAME)
     }
 
     /// Opens a client for a generic netlink family of another name, in the calling
     /// thread's namespace. Only for tests of the "family missing" path.
     #[doc(hidden)]
     pub fn with_family_name(name: &str) -> Result<Client> {
-        let origin = Origin::Thread(thread_netns());
         let sock = NetlinkSocket::open(DEFAULT_TIMEOUT).map_err(connect_error)?;
-        Client::with_socket(sock, name, origin)
+        Client::with_socket(sock, name)
     }
 
-    fn with_socket(sock: NetlinkSocket, family_name: &str, origin: Origin) -> Result<Client> {
-        let mut client = Client::on(sock, GenlId::Ctrl.into(), origin);
-        client.family = client.resolve_family(family_name)?;
-        Ok(client)
-    }
-
-    /// A client on `sock` for the generic netlink family `family`.
-    fn on(sock: NetlinkSocket, family: u16, origin: Origin) -> Client {
+    fn with_socket(sock: NetlinkSocket, family_name: &str) -> Result<Client> {
         let max_chunk = (sock.rcvbuf() / ANSWER_BUDGET)
             .min(sock.sndbuf() / 2 / REQUEST_BUDGET)
             .clamp(1, MAX_CHUNK);
-        Client {
+        let mut client = Client {
             sock,
-            family,
+            family: GenlId::Ctrl.into(),
             seq: std::process::id().wrapping_mul(0x9e37_79b9),
             timeout: DEFAULT_TIMEOUT,
             rx: vec![0; RECV_BUF],
             tx: Writer::new(),
             max_chunk,
-            origin,
-            helpers: Vec::new(),
-        }
-    }
-
-    /// A client on a new socket in this client's namespace, for the same family; `None`
-    /// when no socket can be opened there (the calling thread is in another namespace
-    /// and this client was not opened from a namespace file, or that file cannot be
-    /// entered).
-    fn sibling(&self) -> Option<Client> {
-        let sock = match &self.origin {
-            Origin::Thread(id) if id.is_some() && *id == thread_netns() => {
-                NetlinkSocket::open(self.timeout).ok()?
-            }
-            Origin::Thread(_) => return None,
-            Origin::Path(path) => NetlinkSocket::open_in(path, self.timeout).ok()?,
         };
-        let mut client = Client::on(sock, self.family, self.origin.clone());
-        client.timeout = self.timeout;
-        Some(client)
+        client.family = client.resolve_family(family_name)?;
+        Ok(client)
     }
 
     /// Sets how long each receive may wait for the kernel (default 10 s).
@@ -220,9 +161,6 @@ impl Client {
             source,
         })?;
         self.timeout = timeout;
-        for helper in &mut self.helpers {
-            helper.set_timeout(timeout)?;
-        }
         Ok(())
     }
 
@@ -552,68 +490,13 @@ impl Client {
     /// One dump of the services, then one dump of destinations per service. Dumps cannot
     /// share a `sendmsg`: a dump that produced anything stays open until the next read,
     /// and the kernel answers any other dump request on the socket meanwhile with
-    /// `EBUSY` (seen in the test VM on 6.1). So a large table's destinations are read on
-    /// several sockets of the same namespace at once, one thread each (up to the CPUs
-    /// available, at most 4), each taking a contiguous share of the services; a small
-    /// table, or a client whose namespace cannot be reopened from here, uses its one
-    /// socket.
+    /// `EBUSY` (seen in the test VM on 6.1).
     pub fn table(&mut self) -> Result<Table> {
         let mut services = self.services()?;
-        let mut helpers = self.take_helpers(services.len());
-        if helpers.is_empty() {
-            self.fill_destinations(&mut services)?;
-            return Ok(Table { services });
-        }
-        let share = services.len().div_ceil(helpers.len() + 1);
-        let result = std::thread::scope(|scope| {
-            let mut shares = services.chunks_mut(share);
-            let mine = shares.next().unwrap_or_default();
-            let theirs: Vec<_> = shares
-                .zip(helpers.iter_mut())
-                .map(|(part, helper)| scope.spawn(move || helper.fill_destinations(part)))
-                .collect();
-            let mut result = self.fill_destinations(mine);
-            for handle in theirs {
-                let theirs = handle.join().unwrap_or_else(|_| {
-                    Err(Error::Io {
-                        context: Context::new(Action::ListDestinations),
-                        source: io::Error::other("a destination dump thread panicked"),
-                    })
-                });
-                result = result.and(theirs);
-            }
-            result
-        });
-        self.helpers = helpers;
-        result?;
-        Ok(Table { services })
-    }
-
-    /// The helpers for reading the destinations of `services` services in parallel,
-    /// opened if needed; none for a small table or when none can be opened.
-    fn take_helpers(&mut self, services: usize) -> Vec<Client> {
-        if services < PARALLEL_MIN_SERVICES {
-            return Vec::new();
-        }
-        let want = std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .min(MAX_DUMP_SOCKETS)
-            .saturating_sub(1);
-        while self.helpers.len() < want {
-            match self.sibling() {
-                Some(helper) => self.helpers.push(helper),
-                None => break,
-            }
-        }
-        std::mem::take(&mut self.helpers)
-    }
-
-    /// Reads the destinations of each of `services`, in order.
-    fn fill_destinations(&mut self, services: &mut [ServiceEntry]) -> Result<()> {
-        for entry in services {
+        for entry in &mut services {
             entry.destinations = self.destinations(&entry.service.key)?;
         }
-        Ok(())
+        Ok(Table { services })
     }
 
     /// A `doit` query: one reply message and an ACK.

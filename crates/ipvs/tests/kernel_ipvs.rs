@@ -880,33 +880,3 @@ fn a_batch_where_every_operation_fails_reports_every_failure() {
     }
     assert_eq!(ipvsadm_save(&ns), Vec::<String>::new());
 }
-
-#[test]
-#[ignore = "kernel: run by tests/run"]
-fn a_large_table_read_on_several_sockets_is_the_table_ipvsadm_saves() {
-    // Large enough for table() to read destinations on several sockets at once.
-    let ns = Netns::new();
-    ns.route_everything();
-    let mut rules = String::new();
-    for i in 0..600u32 {
-        let vip = format!("10.{}.{}.{}:80", 96 + i / 65536, (i / 256) % 256, i % 256);
-        rules += &format!("-A -t {vip} -s rr\n");
-        for k in 1..=(i % 4) {
-            rules += &format!("-a -t {vip} -r 10.244.{k}.{}:8080 -m -w {k}\n", i % 250 + 1);
-        }
-    }
-    std::fs::write("/tmp/kipvs-large-table", rules).unwrap();
-    ns.sh("ipvsadm -R </tmp/kipvs-large-table");
-    let expected = ipvsadm_save(&ns);
-    // Opened from the namespace's file, then from inside it: helpers open their
-    // sockets in the same namespace either way.
-    let mut from_file = Client::in_netns(ns.path()).unwrap();
-    let table = from_file.table().unwrap();
-    assert_eq!(table.services.len(), 600);
-    assert_eq!(table_save_lines(&table), expected);
-    // Read again on the same (kept) sockets.
-    assert_eq!(table_save_lines(&from_file.table().unwrap()), expected);
-    let _inside = ns.enter();
-    let mut inside = Client::new().unwrap();
-    assert_eq!(table_save_lines(&inside.table().unwrap()), expected);
-}
