@@ -115,16 +115,35 @@ fn loaded_ipvs_modules() -> Vec<String> {
         .collect()
 }
 
-/// Unloads every ip_vs module, the ones that use ip_vs first; true once none is left.
-/// Namespaces of earlier tests are torn down asynchronously and hold their services
-/// (and so the scheduler modules) until then: the caller retries.
+/// The modules that use `module`, as the fourth field of `/proc/modules` lists them
+/// (`ip_vs_rr,xt_ipvs,`).
+fn users_of(module: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/modules")
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.first() == Some(&module))
+        .filter_map(|f| f.get(3).map(|u| u.to_string()))
+        .flat_map(|u| {
+            u.split(',')
+                .filter(|m| !m.is_empty() && *m != "-")
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Unloads every ip_vs module, the ones that use ip_vs first (schedulers, helpers, and
+/// `xt_ipvs`, which kipvs' own `-m ipvs` rules of earlier tests loaded); true once none
+/// is left. Namespaces of earlier tests are torn down asynchronously and hold their
+/// services and rules (and so these modules) until then: the caller retries.
 fn unload_ipvs() -> bool {
-    let loaded = loaded_ipvs_modules();
-    let users: Vec<&str> = loaded
-        .iter()
-        .map(String::as_str)
-        .filter(|m| *m != "ip_vs")
-        .collect();
+    let mut users = users_of("ip_vs");
+    for m in loaded_ipvs_modules() {
+        if m != "ip_vs" && !users.contains(&m) {
+            users.push(m);
+        }
+    }
     if !users.is_empty() {
         let _ = Command::new("rmmod").args(&users).output();
     }
@@ -164,7 +183,7 @@ fn with_ip_vs_not_loaded_every_command_says_to_load_it_in_one_line() {
     std::fs::write(KERNEL_MODPROBE, "/nonexistent/modprobe").unwrap();
     wait_for(
         "the ip_vs modules to unload",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         unload_ipvs,
     );
     let state = repo_file("examples/cluster.yaml");
