@@ -10,27 +10,9 @@ mod e2e;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use e2e::{addr, tcp, tcp_from, udp, Cluster, Service, CLIENT_IP, CLIENT_IP_2, NODE_IP};
-
-/// Every pod name that answered `count` fresh TCP connections and as many datagrams.
-fn answered(
-    ns: &kipvs_testkit::Netns,
-    dst: std::net::SocketAddr,
-    count: usize,
-) -> BTreeSet<String> {
-    let mut pods = BTreeSet::new();
-    for i in 0..count {
-        let t = tcp(ns, dst).unwrap_or_else(|e| panic!("TCP request {i} to {dst}: {e}"));
-        let u = udp(ns, dst).unwrap_or_else(|e| panic!("UDP request {i} to {dst}: {e}"));
-        pods.insert(t.pod);
-        pods.insert(u.pod);
-    }
-    pods
-}
-
-fn names(list: &[&str]) -> BTreeSet<String> {
-    list.iter().map(|s| (*s).to_owned()).collect()
-}
+use e2e::{
+    addr, answered, names, tcp, tcp_from, udp, Cluster, Service, CLIENT_IP, CLIENT_IP_2, NODE_IP,
+};
 
 #[test]
 #[ignore = "kernel: run by tests/run"]

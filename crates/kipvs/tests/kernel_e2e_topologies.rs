@@ -10,26 +10,12 @@ mod e2e;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
-use e2e::{addr, state_yaml, tcp, udp, Cluster, Service, BRIDGE_IP, CLIENT_IP6, NODE, NODE_IP6};
+use e2e::{
+    addr, answered, names, state_yaml, tcp, udp, Cluster, Service, BRIDGE_IP, CLIENT_IP6, NODE,
+    NODE_IP6,
+};
 use kipvs_apiserver_fake::ApiServer;
 use kipvs_kube::state_file;
-use kipvs_testkit::Netns;
-
-/// Every pod name that answered `count` fresh TCP connections and as many datagrams.
-fn answered(ns: &Netns, dst: SocketAddr, count: usize) -> BTreeSet<String> {
-    let mut pods = BTreeSet::new();
-    for i in 0..count {
-        let t = tcp(ns, dst).unwrap_or_else(|e| panic!("TCP request {i} to {dst}: {e}"));
-        let u = udp(ns, dst).unwrap_or_else(|e| panic!("UDP request {i} to {dst}: {e}"));
-        pods.insert(t.pod);
-        pods.insert(u.pod);
-    }
-    pods
-}
-
-fn names(list: &[&str]) -> BTreeSet<String> {
-    list.iter().map(|s| (*s).to_owned()).collect()
-}
 
 #[test]
 #[ignore = "kernel: run by tests/run"]

@@ -35,6 +35,7 @@
 // Each kernel_e2e* binary uses a different part of this module.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -820,6 +821,23 @@ impl UdpConn {
         let n = self.socket.recv(&mut buf)?;
         Reply::parse(&String::from_utf8_lossy(&buf[..n]))
     }
+}
+
+/// Every pod name that answered `count` fresh TCP connections and as many datagrams.
+pub fn answered(ns: &Netns, dst: SocketAddr, count: usize) -> BTreeSet<String> {
+    let mut pods = BTreeSet::new();
+    for i in 0..count {
+        let t = tcp(ns, dst).unwrap_or_else(|e| panic!("TCP request {i} to {dst}: {e}"));
+        let u = udp(ns, dst).unwrap_or_else(|e| panic!("UDP request {i} to {dst}: {e}"));
+        pods.insert(t.pod);
+        pods.insert(u.pod);
+    }
+    pods
+}
+
+/// A set of pod names, to compare with what answered.
+pub fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
 }
 
 /// `count` requests on fresh TCP connections; the pods that answered, by name, with how
