@@ -235,10 +235,6 @@ impl NodeKernel {
         local_addresses(self.link.name())
     }
 
-    fn detector(&self, rules: &FamilyRules) -> LocalDetector {
-        local_detector(&self.local_detection, rules)
-    }
-
     fn set_ops(entries: &[(SetName, Member)], add: bool) -> Vec<SetOp> {
         entries
             .iter()
@@ -372,7 +368,7 @@ impl Kernel for NodeKernel {
                     continue;
                 };
                 let config = RuleConfig {
-                    local_detector: self.detector(rules),
+                    local_detector: local_detector(&self.local_detection, rules),
                     ..self.rule_config.clone()
                 };
                 let spec = RuleSpec::from_rules(rules, config);

@@ -51,7 +51,7 @@ pub async fn run(mut wanted: watch::Receiver<HealthChecks>, shared: Arc<Shared>,
         for name in &todo.close {
             if let Some(server) = open.remove(name) {
                 tracing::info!(service = %name, port = server.running.port, "closing health check server");
-                close(server).await;
+                close(server.tasks).await;
             }
         }
         failed.retain(|name, _| current.services.contains_key(name));
@@ -88,17 +88,17 @@ pub async fn run(mut wanted: watch::Receiver<HealthChecks>, shared: Arc<Shared>,
         }
     }
     for (_, server) in open {
-        close(server).await;
+        close(server.tasks).await;
     }
 }
 
 /// Stops a server's tasks and waits until their sockets are closed, so the port can
 /// be opened again at once.
-async fn close(server: Open) {
-    for task in &server.tasks {
+async fn close(tasks: Vec<JoinHandle<()>>) {
+    for task in &tasks {
         task.abort();
     }
-    for task in server.tasks {
+    for task in tasks {
         let _ = task.await;
     }
 }
@@ -120,14 +120,7 @@ async fn listen_all(listen: &Listen, port: u16, router: Router) -> io::Result<Ve
                 }));
             }
             Err(err) => {
-                close(Open {
-                    running: Running {
-                        port,
-                        listen: listen.clone(),
-                    },
-                    tasks,
-                })
-                .await;
+                close(tasks).await;
                 return Err(err);
             }
         }
