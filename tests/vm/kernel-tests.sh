@@ -18,6 +18,12 @@ results=$1
 shift
 per_test_timeout=${KIPVS_TEST_TIMEOUT:-300}
 filter=${KIPVS_TEST_FILTER:-}
+IFS=, read -ra filters <<<"$filter"
+selected() { # "suite::name": whether any comma-separated filter is a substring of it
+    local f
+    for f in "${filters[@]}"; do [[ "$1" == *"$f"* ]] && return 0; done
+    return 1
+}
 mkdir -p "$results/logs"
 : >"$results/results"
 passed=0
@@ -48,7 +54,7 @@ for bin in "$@"; do
     while IFS= read -r line; do
         case "$line" in *": test") ;; *) continue ;; esac
         name=${line%: test}
-        if [ -n "$filter" ] && [[ "$suite::$name" != *"$filter"* ]]; then continue; fi
+        if [ -n "$filter" ] && ! selected "$suite::$name"; then continue; fi
         log="$results/logs/$suite::$name.log"
         start=$(date +%s)
         timeout --kill-after=10 "$per_test_timeout" \

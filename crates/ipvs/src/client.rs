@@ -22,7 +22,8 @@ use crate::codec::{
 use crate::consts::{CTRL_VERSION, IPVS_GENL_NAME};
 use crate::error::{Error, Result};
 use crate::op::{Action, Context, Operation};
-use crate::socket::NetlinkSocket;
+use crate::procfs::ProcFile;
+use crate::socket::{self, NetlinkSocket};
 use crate::types::{DestinationEntry, Info, ServiceEntry, ServiceKey, Table, Timeouts};
 use crate::wire::{self, DecodeError, Writer, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN};
 
@@ -41,6 +42,18 @@ const MAX_CHUNK: usize = 1024;
 /// Attempts of a dump interrupted by concurrent changes before giving up.
 const DUMP_ATTEMPTS: u32 = 5;
 
+/// How much of each destination a table read needs (see [`Client::table_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Detail {
+    /// Everything the kernel knows: configuration, connection counters, statistics.
+    #[default]
+    Full,
+    /// What `ipvsadm -Ln` lists: address, port, forwarding method, weight, active and
+    /// inactive connections. Thresholds, persistent connections and statistics read as
+    /// zero, tunnel settings as their defaults.
+    Listing,
+}
+
 /// A handle on the IPVS table of one network namespace.
 ///
 /// The namespace is fixed when the client is created: [`Client::new`] uses the calling
@@ -55,6 +68,8 @@ pub struct Client {
     rx: Vec<u8>,
     tx: Writer,
     max_chunk: usize,
+    /// `/proc/net/ip_vs` of the same namespace, for [`Detail::Listing`] reads.
+    procfs: Option<ProcFile>,
 }
 
 /// How one request of a round trip ended.
@@ -114,7 +129,7 @@ impl Client {
     /// when no netlink socket can be opened.
     pub fn new() -> Result<Client> {
         let sock = NetlinkSocket::open(DEFAULT_TIMEOUT).map_err(connect_error)?;
-        Client::with_socket(sock, IPVS_GENL_NAME)
+        Client::with_socket(sock, ProcFile::open(), IPVS_GENL_NAME)
     }
 
     /// Opens a client on the IPVS table of the network namespace at `netns` (for example
@@ -122,9 +137,11 @@ impl Client {
     ///
     /// Fails like [`Client::new`], or with [`Error::Io`] when `netns` cannot be entered.
     pub fn in_netns(netns: impl AsRef<Path>) -> Result<Client> {
-        let sock =
-            NetlinkSocket::open_in(netns.as_ref(), DEFAULT_TIMEOUT).map_err(connect_error)?;
-        Client::with_socket(sock, IPVS_GENL_NAME)
+        let (sock, procfs) = socket::in_netns(netns.as_ref(), || {
+            Ok((NetlinkSocket::open(DEFAULT_TIMEOUT)?, ProcFile::open()))
+        })
+        .map_err(connect_error)?;
+        Client::with_socket(sock, procfs, IPVS_GENL_NAME)
     }
 
     /// Opens a client for a generic netlink family of another name, in the calling
@@ -132,10 +149,14 @@ impl Client {
     #[doc(hidden)]
     pub fn with_family_name(name: &str) -> Result<Client> {
         let sock = NetlinkSocket::open(DEFAULT_TIMEOUT).map_err(connect_error)?;
-        Client::with_socket(sock, name)
+        Client::with_socket(sock, None, name)
     }
 
-    fn with_socket(sock: NetlinkSocket, family_name: &str) -> Result<Client> {
+    fn with_socket(
+        sock: NetlinkSocket,
+        procfs: Option<ProcFile>,
+        family_name: &str,
+    ) -> Result<Client> {
         let max_chunk = (sock.rcvbuf() / ANSWER_BUDGET)
             .min(sock.sndbuf() / 2 / REQUEST_BUDGET)
             .clamp(1, MAX_CHUNK);
@@ -147,6 +168,7 @@ impl Client {
             rx: vec![0; RECV_BUF],
             tx: Writer::new(),
             max_chunk,
+            procfs,
         };
         client.family = client.resolve_family(family_name)?;
         Ok(client)
@@ -492,9 +514,29 @@ impl Client {
     /// and the kernel answers any other dump request on the socket meanwhile with
     /// `EBUSY` (seen in the test VM on 6.1).
     pub fn table(&mut self) -> Result<Table> {
+        self.table_with(Detail::Full)
+    }
+
+    /// Reads the whole table with `detail` for the destinations.
+    ///
+    /// [`Detail::Listing`] reads the services over netlink and all destinations from
+    /// `/proc/net/ip_vs` in one pass, instead of a dump per service: at 10,000 services
+    /// that is most of the time a listing takes. A service the file does not list (it
+    /// came after the read) or cannot tell apart (an IPv4 and an IPv6 fwmark service
+    /// with the same mark) is read over netlink, as is everything when the file cannot
+    /// be read.
+    pub fn table_with(&mut self, detail: Detail) -> Result<Table> {
         let mut services = self.services()?;
+        let mut listed = match (detail, self.procfs.as_mut()) {
+            (Detail::Listing, Some(file)) => file.read().ok(),
+            _ => None,
+        };
         for entry in &mut services {
-            entry.destinations = self.destinations(&entry.service.key)?;
+            let key = &entry.service.key;
+            entry.destinations = match listed.as_mut().and_then(|t| t.take(key)) {
+                Some(destinations) => destinations,
+                None => self.destinations(key)?,
+            };
         }
         Ok(Table { services })
     }

@@ -9,7 +9,8 @@
 //! - [`types`] and [`op`]: plain values, no netlink;
 //! - `consts` (the kernel's numbers, mirroring `ip_vs.h`), `wire` (netlink framing) and
 //!   `codec` (types to attributes and back): pure functions, no socket;
-//! - `socket`: the one file descriptor; [`Client`]: requests, batches and dumps on it.
+//! - [`procfs`]: reading `/proc/net/ip_vs`, the whole table in one pass (fewer columns);
+//! - `socket`: the netlink socket; [`Client`]: requests, batches and dumps on it.
 //!
 //! ```no_run
 //! use kipvs_ipvs::{Client, Destination, Operation, Protocol, Scheduler, Service, ServiceKey};
@@ -38,6 +39,7 @@ mod codec;
 mod consts;
 mod error;
 pub mod op;
+pub mod procfs;
 mod socket;
 pub mod types;
 mod wire;
@@ -45,7 +47,7 @@ mod wire;
 #[cfg(test)]
 mod proptests;
 
-pub use client::{Client, DEFAULT_TIMEOUT};
+pub use client::{Client, Detail, DEFAULT_TIMEOUT};
 pub use error::{Error, Result};
 pub use op::{Action, Context, Operation};
 pub use types::*;

@@ -1,8 +1,8 @@
-//! The generic netlink socket: the only place that owns a file descriptor.
+//! The generic netlink socket, and entering another network namespace to open it.
 //!
 //! A socket belongs to the network namespace of the thread that created it, for its
-//! whole life. [`NetlinkSocket::open_in`] creates it on a short-lived helper thread that
-//! enters the target namespace, so the caller's thread never changes namespace.
+//! whole life. [`in_netns`] creates it on a short-lived helper thread that enters the
+//! target namespace, so the caller's thread never changes namespace.
 
 use std::fs::File;
 use std::io;
@@ -22,6 +22,26 @@ use nix::sys::time::TimeVal;
 const WANT_RCVBUF: usize = 8 << 20;
 /// Send buffer asked for: a batch is sent in one `sendmsg` and must fit.
 const WANT_SNDBUF: usize = 4 << 20;
+
+/// Runs `open` on a short-lived helper thread that has entered the network namespace of
+/// `netns` (a file such as `/run/netns/NAME` or `/proc/PID/ns/net`). Whatever `open`
+/// creates there (a socket, a procfs file) stays bound to that namespace.
+///
+/// Fails when the file cannot be opened, is not a network namespace, or `open` fails.
+pub fn in_netns<T: Send>(
+    netns: &Path,
+    open: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    let ns = File::open(netns)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(&ns, CloneFlags::CLONE_NEWNET).map_err(err)?;
+            open()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("netns helper thread panicked")))
+    })
+}
 
 /// A bound `NETLINK_GENERIC` socket with its buffer sizes and receive timeout.
 #[derive(Debug)]
@@ -61,23 +81,6 @@ impl NetlinkSocket {
         let sock = NetlinkSocket { fd, rcvbuf, sndbuf };
         sock.set_timeout(timeout)?;
         Ok(sock)
-    }
-
-    /// Opens a socket in the network namespace of `netns` (a file such as
-    /// `/run/netns/NAME` or `/proc/PID/ns/net`).
-    ///
-    /// Fails when the file cannot be opened, is not a network namespace, or the socket
-    /// cannot be created there.
-    pub fn open_in(netns: &Path, timeout: Duration) -> io::Result<Self> {
-        let ns = File::open(netns)?;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                setns(&ns, CloneFlags::CLONE_NEWNET).map_err(err)?;
-                NetlinkSocket::open(timeout)
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("netns helper thread panicked")))
-        })
     }
 
     /// Bounds every receive: after `timeout` without data, `recv` fails with `WouldBlock`.

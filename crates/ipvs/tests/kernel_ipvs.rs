@@ -880,3 +880,101 @@ fn a_batch_where_every_operation_fails_reports_every_failure() {
     }
     assert_eq!(ipvsadm_save(&ns), Vec::<String>::new());
 }
+
+/// What a [`Detail::Listing`] read promises of a table: per service, each destination's
+/// address, port, forwarding method (tunnel settings aside), weight and connections.
+fn listing_view(table: &Table) -> BTreeMap<ServiceKey, Vec<String>> {
+    table
+        .services
+        .iter()
+        .map(|entry| {
+            let dests = entry
+                .destinations
+                .iter()
+                .map(|d| {
+                    let x = &d.destination;
+                    let forward = match x.forward {
+                        ForwardMethod::Tunnel(_) => "Tunnel".to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    let c = &d.counters;
+                    format!(
+                        "{} {}:{} {forward} w{} a{} i{}",
+                        entry.service.key, x.addr, x.port, x.weight, c.active, c.inactive
+                    )
+                })
+                .collect();
+            (entry.service.key, dests)
+        })
+        .collect()
+}
+
+/// Two fwmark services with the same mark, one per family: procfs cannot tell them apart.
+const TWIN_FWMARKS: &str = "\
+-A -f 9 -s rr
+-a -f 9 -r 10.1.0.1:0 -m -w 3
+-A -f 9 -6 -s rr
+-a -f 9 -6 -r [fd00::1]:0 -m -w 4
+";
+
+#[test]
+#[ignore = "kernel: run by tests/run"]
+fn procfs_lists_every_destination_as_netlink_reports_it() {
+    let (ns, _g, mut client) = setup();
+    ns.sh(&format!(
+        "ipvsadm -R <<'EOF'\n{IPVSADM_SCRIPT}{TWIN_FWMARKS}EOF"
+    ));
+    let full = client.table().unwrap();
+    assert_eq!(full.services.len(), 11);
+    let text = std::fs::read_to_string(procfs::PATH).unwrap();
+    let mut parsed = procfs::parse(&text);
+    let expected = listing_view(&full);
+    for entry in &full.services {
+        let key = entry.service.key;
+        let found = parsed.take(&key);
+        if matches!(key, ServiceKey::Fwmark { mark: 9, .. }) {
+            assert!(
+                found.is_none(),
+                "{key}: twin fwmarks must be left to netlink"
+            );
+            continue;
+        }
+        let found = found.unwrap_or_else(|| panic!("{key} is not in {}:\n{text}", procfs::PATH));
+        assert!(!found.is_empty() || entry.destinations.is_empty());
+        let view = listing_view(&Table {
+            services: vec![ServiceEntry {
+                destinations: found,
+                ..entry.clone()
+            }],
+        });
+        assert_eq!(view[&key], expected[&key], "{key}");
+    }
+    assert!(parsed.is_empty(), "procfs listed services netlink did not");
+    // The client's listing read: the same view, twin fwmarks included (over netlink).
+    let listing = client.table_with(Detail::Listing).unwrap();
+    assert_eq!(listing_view(&listing), expected);
+}
+
+#[test]
+#[ignore = "kernel: run by tests/run"]
+fn a_listing_read_by_netns_path_shows_that_namespaces_destinations() {
+    let ns = Netns::new();
+    let other = Netns::new();
+    let script = "-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.1.0.1:80 -m -w ";
+    ns.sh(&format!("ipvsadm -R <<'EOF'\n{script}1\nEOF"));
+    other.sh(&format!("ipvsadm -R <<'EOF'\n{script}2\nEOF"));
+    // This thread sits in `other`, the client reads `ns`.
+    let _g = other.enter();
+    let mut client = Client::in_netns(ns.path()).unwrap();
+    let listing = client.table_with(Detail::Listing).unwrap();
+    assert_eq!(
+        listing_view(&listing),
+        listing_view(&client.table().unwrap())
+    );
+    let weights: Vec<u32> = listing.services[0]
+        .destinations
+        .iter()
+        .map(|d| d.destination.weight)
+        .collect();
+    assert_eq!(weights, [1], "the weight set in the client's namespace");
+}

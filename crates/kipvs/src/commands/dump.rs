@@ -6,7 +6,7 @@
 use std::io::Write as _;
 use std::process::{Command, ExitCode, Stdio};
 
-use kipvs_ipvs::{Client, Error, ServiceKey, Table};
+use kipvs_ipvs::{Client, Detail, Error, ServiceKey, Table};
 use kipvs_proxy::Observed;
 
 use super::failure::{Failure, Support};
@@ -128,7 +128,10 @@ fn run(args: &DumpArgs) -> Result<String, Failure> {
     let source = OwnerSource::of(args)?;
     let mut ipvs = open_ipvs()?;
     let info = ipvs.info()?;
-    let mut table = ipvs.table()?;
+    // The plain listing shows no statistics, thresholds or tunnel settings: the kernel
+    // can give all its destinations at once instead of a dump per service.
+    let plain = !(args.json || args.save || args.stats || args.rate);
+    let mut table = ipvs.table_with(if plain { Detail::Listing } else { Detail::Full })?;
     filter(&mut table, args, &source);
     let owner = |k: &ServiceKey| source.owner(k);
     if args.json {
