@@ -526,10 +526,23 @@ impl Client {
     /// with the same mark) is read over netlink, as is everything when the file cannot
     /// be read.
     pub fn table_with(&mut self, detail: Detail) -> Result<Table> {
-        let mut services = self.services()?;
-        let mut listed = match (detail, self.procfs.as_mut()) {
-            (Detail::Listing, Some(file)) => file.read().ok(),
-            _ => None,
+        let file = match detail {
+            Detail::Listing => self.procfs.take(),
+            Detail::Full => None,
+        };
+        let (mut services, mut listed) = match file {
+            None => (self.services()?, None),
+            Some(mut file) => {
+                // Two independent reads of the kernel, each long on a large table (the
+                // file is formatted a page per read): side by side they cost the longer.
+                let (services, listed) = std::thread::scope(|s| {
+                    let reader = s.spawn(|| file.read().ok());
+                    let services = self.services();
+                    (services, reader.join().ok().flatten())
+                });
+                self.procfs = Some(file);
+                (services?, listed)
+            }
         };
         for entry in &mut services {
             let key = &entry.service.key;

@@ -9,6 +9,9 @@
 //! `ipvsadm -Ln` lists, so [`crate::Client::table_with`] takes the services from netlink
 //! and their destinations from here when only those columns are needed.
 //!
+//! One difference cannot be seen: the file prints a forwarding method it has no name for
+//! (bypass, which only raw netlink can set) as `Masq`, where netlink tells it apart.
+//!
 //! [`parse`] is pure. A line it cannot read, or a key it sees twice, only makes the
 //! service it belongs to unknown: the caller reads that one over netlink instead.
 //! `ProcFile` is the one effectful part: the open file.
@@ -108,7 +111,10 @@ pub fn parse(text: &str) -> ProcTable {
             continue;
         }
         if let Some(key) = current.take() {
-            table.finish(key, std::mem::take(&mut dests));
+            // Services tend to have alike numbers of destinations: room for as many as
+            // the last one's saves regrowing the list from empty each time.
+            let room = Vec::with_capacity(dests.len());
+            table.finish(key, std::mem::replace(&mut dests, room));
         }
         current = service(line);
     }
@@ -353,6 +359,18 @@ SCTP  0A600003:0BB8 rr
             ["10.244.1.5:8080 Masq w1 a0 i0"]
         );
         assert!(t.is_empty(), "the ICMP service's destinations went nowhere");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_arbitrary_lines_never_panics(
+            lines in proptest::collection::vec(
+                "(TCP  |UDP  |FWM  |  -> |)[0-9A-Fa-f:\\[\\]]{0,40}( [A-Za-z0-9 -]{0,30})?",
+                0..30,
+            )
+        ) {
+            let _ = parse(&lines.join("\n"));
+        }
     }
 
     #[test]

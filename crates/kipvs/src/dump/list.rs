@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use kipvs_ipvs::{DestinationEntry, Info, ServiceEntry, ServiceKey, Stats, Table};
 
-use super::names::{self, addr_port_string, service_name};
+use super::names::{self, service_name};
 use super::order::{destinations_order, services_order};
 
 /// Which columns the listing shows.
@@ -156,33 +156,50 @@ fn service(out: &mut String, entry: &ServiceEntry, options: ListOptions, annotat
 /// A destination's line.
 fn destination(out: &mut String, entry: &DestinationEntry, options: ListOptions) {
     let d = &entry.destination;
-    let name = addr_port_string(&d.addr, d.port);
+    out.push_str("  -> ");
     let _ = match options.columns {
         Columns::Stats => {
-            let _ = write!(out, "  -> {name:<28}");
+            padded(out, 28, |out| names::addr_port(out, &d.addr, d.port));
             counters(out, &entry.stats, options.exact);
             writeln!(out)
         }
         Columns::Rate => {
             let s = &entry.stats;
-            let _ = write!(
-                out,
-                "  -> {name:<28} {:>8} {:>8} {:>8}",
-                s.cps, s.inpps, s.outpps
-            );
+            padded(out, 28, |out| names::addr_port(out, &d.addr, d.port));
+            let _ = write!(out, " {:>8} {:>8} {:>8}", s.cps, s.inpps, s.outpps);
             large_number(out, s.inbps, options.exact);
             large_number(out, s.outbps, options.exact);
             writeln!(out)
         }
-        Columns::Plain => writeln!(
-            out,
-            "  -> {name:<28} {:<7} {:<6} {:<10} {:<10}",
-            names::forward_name(&d.forward),
-            names::fwmark(d.weight),
-            entry.counters.active,
-            entry.counters.inactive
-        ),
+        // The line of every destination of the default listing, so the one written by
+        // hand rather than through padded format specs: a third of `kipvs dump`'s own
+        // time at 100,000 destinations.
+        Columns::Plain => {
+            padded(out, 28, |out| names::addr_port(out, &d.addr, d.port));
+            out.push(' ');
+            padded(out, 7, |out| out.push_str(names::forward_name(&d.forward)));
+            out.push(' ');
+            padded(out, 6, |out| number(out, names::fwmark(d.weight)));
+            out.push(' ');
+            padded(out, 10, |out| number(out, entry.counters.active));
+            out.push(' ');
+            padded(out, 10, |out| number(out, entry.counters.inactive));
+            writeln!(out)
+        }
     };
+}
+
+/// Writes with `write`, then spaces up to `width` characters: printf's `%-*s`.
+fn padded(out: &mut String, width: usize, write: impl FnOnce(&mut String)) {
+    let start = out.len();
+    write(out);
+    let written = out.len() - start;
+    out.extend(std::iter::repeat_n(' ', width.saturating_sub(written)));
+}
+
+/// A number in decimal, without padding.
+fn number(out: &mut String, n: impl std::fmt::Display) {
+    let _ = write!(out, "{n}");
 }
 
 #[cfg(test)]
