@@ -61,19 +61,42 @@ pub fn replay(state: ClusterState) -> Vec<ClusterEvent> {
 }
 
 /// Watches a state file: sends its content now and again whenever its modification time
-/// or size changes (checked every `poll`). An unreadable or invalid file sends
+/// or size changes (checked every `poll`); a re-read parses only the parts of the file
+/// that changed (see [`state_file::Parser`]). An unreadable or invalid file sends
 /// [`ClusterEvent::Degraded`] naming the file and document; the last good content stays
 /// in force. Ends when the receiver is dropped.
 pub async fn watch_state_file(path: PathBuf, poll: Duration, tx: mpsc::Sender<ClusterEvent>) {
     let mut last_seen: Option<(SystemTime, u64)> = None;
     let mut last_error: Option<String> = None;
+    let mut parser = Some(state_file::Parser::default());
     loop {
         let stamp = tokio::fs::metadata(&path)
             .await
             .ok()
             .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
         if stamp.is_none() || stamp != last_seen {
-            let events = match state_file::load(&path) {
+            // Parsing a large file takes seconds: off the runtime's threads, so that
+            // the sync loop and the servers keep running meanwhile.
+            let mut p = parser.take().unwrap_or_default();
+            let file = path.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                let loaded = p.load(&file);
+                (p, loaded)
+            })
+            .await;
+            let loaded = match loaded {
+                Ok((p, loaded)) => {
+                    parser = Some(p);
+                    loaded
+                }
+                // The parse panicked: say so like any bad file; the next parse starts
+                // afresh.
+                Err(e) => Err(state_file::StateFileError::Read {
+                    path: path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                }),
+            };
+            let events = match loaded {
                 Ok(state) => {
                     last_seen = stamp;
                     last_error = None;
