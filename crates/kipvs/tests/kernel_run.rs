@@ -194,6 +194,82 @@ fn run_once_programs_the_example_cluster() {
     assert!(nat.contains("--match-set KUBE-CLUSTER-IP"), "{nat}");
 }
 
+/// Puts, first in `PATH`, a wrapper for every iptables-restore program there is: it
+/// appends to `log` how many virtual services the kernel holds at that moment, then runs
+/// the real program. Returns the `PATH` to use.
+fn record_restores(dir: &Path, log: &Path) -> String {
+    let wrappers = dir.join("bin");
+    std::fs::create_dir_all(&wrappers).unwrap();
+    let path = std::env::var("PATH").unwrap();
+    let mut wrapped = 0;
+    for base in ["iptables", "ip6tables"] {
+        for backend in ["", "-nft", "-legacy"] {
+            let name = format!("{base}{backend}-restore");
+            let Some(real) = std::env::split_paths(&path)
+                .map(|d| d.join(&name))
+                .find(|p| p.is_file())
+            else {
+                continue;
+            };
+            let wrapper = wrappers.join(&name);
+            std::fs::write(
+                &wrapper,
+                format!(
+                    "#!/bin/sh\nipvsadm -Sn | grep -c '^-A' >>{}\nexec {} \"$@\"\n",
+                    log.display(),
+                    real.display()
+                ),
+            )
+            .unwrap();
+            let status = Command::new("chmod").arg("+x").arg(&wrapper).status();
+            assert!(status.unwrap().success());
+            wrapped += 1;
+        }
+    }
+    assert!(wrapped >= 2, "no iptables-restore in PATH {path}");
+    format!("{}:{path}", wrappers.display())
+}
+
+#[test]
+#[ignore = "kernel: run by tests/run"]
+fn on_a_first_start_the_iptables_rules_come_before_any_virtual_service() {
+    let ns = node();
+    let dir = scratch("order");
+    let log = dir.join("restores.log");
+    let _ = std::fs::remove_file(&log);
+    let path = record_restores(&dir, &log);
+    let config = config(&dir, "30s");
+    let state = repo_file("examples/cluster.yaml");
+    let out = ns.run(
+        "env",
+        &[
+            &format!("PATH={path}"),
+            KIPVS,
+            "run",
+            "--once",
+            "--state",
+            &state,
+            "--config",
+            &config,
+            "--hostname-override",
+            "node-a",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "kipvs run --once failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sorted(&ipvs(&ns)), sorted(EXAMPLE_IPVS));
+    let counts = std::fs::read_to_string(&log).unwrap();
+    let counts: Vec<&str> = counts.lines().collect();
+    assert!(!counts.is_empty(), "kipvs ran no iptables-restore");
+    assert!(
+        counts.iter().all(|c| *c == "0"),
+        "virtual services existed while the rules were written (one count per restore): {counts:?}"
+    );
+}
+
 #[test]
 #[ignore = "kernel: run by tests/run"]
 fn a_restart_adopts_the_kernel_state_and_leaves_foreign_services_alone() {

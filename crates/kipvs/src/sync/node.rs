@@ -292,6 +292,27 @@ impl NodeKernel {
             ),
         }
     }
+
+    /// Writes the iptables rules of each family when the plan has them.
+    fn apply_iptables(&mut self, plan: &Plan, report: &mut Report) {
+        if let Some(inputs) = &plan.iptables {
+            for rules in &inputs.families {
+                let Some((_, iptables)) = self.iptables.iter().find(|(f, _)| *f == rules.family)
+                else {
+                    continue;
+                };
+                let config = RuleConfig {
+                    local_detector: local_detector(&self.local_detection, rules),
+                    ..self.rule_config.clone()
+                };
+                let spec = RuleSpec::from_rules(rules, config);
+                match iptables.sync(&spec) {
+                    Ok(_) => report.record(OpKind::Iptables, "ok"),
+                    Err(err) => report.fail(OpKind::Iptables, "error", err.to_string()),
+                }
+            }
+        }
+    }
 }
 
 /// How the iptables rules of one family tell this node's pods' traffic, by the
@@ -343,6 +364,11 @@ impl Kernel for NodeKernel {
         let mut report = Report::default();
         self.apply_sets(&plan.set_adds, true, &mut report);
         self.apply_link(&plan.binds, true, &mut report);
+        // The rules before the virtual services: on a first start, no connection reaches
+        // a virtual service before the rules that masquerade it exist (kube-proxy writes
+        // them last). A rule that a set emptied by this plan no longer needs goes a
+        // moment early; it only served the virtual services this plan removes.
+        self.apply_iptables(plan, &mut report);
         if !plan.ipvs.is_empty() {
             let ops: Vec<Operation> = plan.ipvs.iter().map(to_operation).collect();
             for (op, result) in plan.ipvs.iter().zip(self.ipvs.apply(&ops)) {
@@ -359,23 +385,6 @@ impl Kernel for NodeKernel {
             match super::conntrack::flush(flush) {
                 Ok(()) => report.record(OpKind::ConntrackFlush, "ok"),
                 Err(err) => report.fail(OpKind::ConntrackFlush, "error", err),
-            }
-        }
-        if let Some(inputs) = &plan.iptables {
-            for rules in &inputs.families {
-                let Some((_, iptables)) = self.iptables.iter().find(|(f, _)| *f == rules.family)
-                else {
-                    continue;
-                };
-                let config = RuleConfig {
-                    local_detector: local_detector(&self.local_detection, rules),
-                    ..self.rule_config.clone()
-                };
-                let spec = RuleSpec::from_rules(rules, config);
-                match iptables.sync(&spec) {
-                    Ok(_) => report.record(OpKind::Iptables, "ok"),
-                    Err(err) => report.fail(OpKind::Iptables, "error", err.to_string()),
-                }
             }
         }
         report
