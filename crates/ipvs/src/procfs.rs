@@ -12,6 +12,13 @@
 //! One difference cannot be seen: the file prints a forwarding method it has no name for
 //! (bypass, which only raw netlink can set) as `Masq`, where netlink tells it apart.
 //!
+//! Linux before the per-namespace service tables (6.1 among them) has a quirk here: it
+//! keeps every namespace's services in one hash, and when a read of the file restarts
+//! (every page, so every few services on a large table) it finds its place counting this
+//! namespace's services, though it counted all while reading. With services in other
+//! namespaces some of ours are skipped, never garbled: each service's record is whole.
+//! The client reads the skipped ones over netlink.
+//!
 //! [`parse`] is pure. A line it cannot read, or a key it sees twice, only makes the
 //! service it belongs to unknown: the caller reads that one over netlink instead.
 //! `ProcFile` is the one effectful part: the open file.
@@ -238,8 +245,8 @@ impl ProcFile {
     pub(crate) fn read(&mut self) -> io::Result<ProcTable> {
         self.file.seek(SeekFrom::Start(0))?;
         self.text.clear();
-        // Room for the whole file up front: the kernel formats as much as each read
-        // asks for, so few large reads beat many small ones.
+        // Room up front, so that no read is a tiny probe: each read restarts the
+        // kernel's walk of its service hash (see the module doc).
         self.text.reserve(1 << 20);
         self.file.read_to_end(&mut self.text)?;
         let text = std::str::from_utf8(&self.text)
