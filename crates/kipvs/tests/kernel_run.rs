@@ -54,19 +54,33 @@ fn config_with(dir: &Path, sync_period: &str, ipvs_extra: &str, top_extra: &str)
 }
 
 fn run_once(ns: &Netns, state: &str, config: &str) -> std::process::Output {
-    ns.run(
-        KIPVS,
-        &[
-            "run",
-            "--once",
-            "--state",
-            state,
-            "--config",
-            config,
-            "--hostname-override",
-            "node-a",
-        ],
-    )
+    run_once_with_path(ns, None, state, config)
+}
+
+/// `kipvs run --once`, with `PATH` set to `path` when given.
+fn run_once_with_path(
+    ns: &Netns,
+    path: Option<&str>,
+    state: &str,
+    config: &str,
+) -> std::process::Output {
+    let run = [
+        "run",
+        "--once",
+        "--state",
+        state,
+        "--config",
+        config,
+        "--hostname-override",
+        "node-a",
+    ];
+    match path {
+        None => ns.run(KIPVS, &run),
+        Some(path) => {
+            let path = format!("PATH={path}");
+            ns.run("env", &[&[path.as_str(), KIPVS], &run[..]].concat())
+        }
+    }
 }
 
 fn start(ns: &Netns, state: &str, config: &str) -> Child {
@@ -240,21 +254,7 @@ fn on_a_first_start_the_iptables_rules_come_before_any_virtual_service() {
     let path = record_restores(&dir, &log);
     let config = config(&dir, "30s");
     let state = repo_file("examples/cluster.yaml");
-    let out = ns.run(
-        "env",
-        &[
-            &format!("PATH={path}"),
-            KIPVS,
-            "run",
-            "--once",
-            "--state",
-            &state,
-            "--config",
-            &config,
-            "--hostname-override",
-            "node-a",
-        ],
-    );
+    let out = run_once_with_path(&ns, Some(&path), &state, &config);
     assert!(
         out.status.success(),
         "kipvs run --once failed: {}",
