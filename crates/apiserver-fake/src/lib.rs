@@ -196,6 +196,16 @@ impl ApiServer {
         self.apply_value(&collection_of::<K>(), value)
     }
 
+    /// [`ApiServer::apply`] for each of `objects`, in order.
+    ///
+    /// # Panics
+    /// As [`ApiServer::apply`].
+    pub fn apply_all<K: k8s_openapi::Resource + Serialize>(&self, objects: &[K]) {
+        for object in objects {
+            self.apply(object);
+        }
+    }
+
     /// Creates or replaces an untyped object in a collection.
     ///
     /// # Panics

@@ -37,15 +37,9 @@ fn run_follows_the_api_server_and_survives_its_outage() {
         .unwrap();
     let mut server = rt.block_on(ApiServer::start()).unwrap();
     let state = example();
-    for node in &state.nodes {
-        server.apply(node);
-    }
-    for svc in &state.services {
-        server.apply(svc);
-    }
-    for slice in &state.endpoint_slices {
-        server.apply(slice);
-    }
+    server.apply_all(&state.nodes);
+    server.apply_all(&state.services);
+    server.apply_all(&state.endpoint_slices);
     let dir = std::env::temp_dir().join(format!("kipvs-api-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");

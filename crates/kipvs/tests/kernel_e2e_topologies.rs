@@ -110,15 +110,9 @@ fn a_cluster_ip_learnt_from_the_api_server_follows_its_endpoint_slices() {
     let publish = |services: &[Service]| {
         c.apply(services);
         let state = state_file::parse(&state_yaml(services), "e2e").unwrap();
-        for node in &state.nodes {
-            server.apply(node);
-        }
-        for svc in &state.services {
-            server.apply(svc);
-        }
-        for slice in &state.endpoint_slices {
-            server.apply(slice);
-        }
+        server.apply_all(&state.nodes);
+        server.apply_all(&state.services);
+        server.apply_all(&state.endpoint_slices);
     };
     publish(&[one]);
     let kubeconfig = c.dir().join("kubeconfig");
