@@ -431,47 +431,32 @@ impl Cluster {
     /// Adds a pod on `node` (its address 10.244.1.N in order of creation), serving TCP and
     /// UDP on [`POD_PORT`], and returns its index in [`Cluster::pods`].
     pub fn add_pod(&mut self, name: &str, node: &'static str) -> usize {
-        let index = self.pods.len();
-        let n = u8::try_from(index + 2).expect("fewer than 250 pods");
-        let ip = Ipv4Addr::new(10, 244, 1, n);
-        let ip6 = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, n.into());
-        let ns = Netns::new();
-        ns.sh(NO_DAD);
-        let veth = format!("cali{n}");
-        self.node.sh(&format!(
-            "ip link add {veth} type veth peer name eth0 netns {pod}
-             ip -6 addr add fe80::1/64 dev {veth} nodad
-             ip link set {veth} up
-             sysctl -qw net.ipv4.conf.{veth}.proxy_arp=1
-             ip route add {ip}/32 dev {veth}
-             ip -6 route add {ip6}/128 dev {veth}",
-            pod = ns.name()
-        ));
-        ns.sh(&format!(
-            "ip addr add {ip}/32 dev eth0
-             ip -6 addr add {ip6}/128 dev eth0 nodad
-             ip link set eth0 up
-             ip route add 169.254.1.1 dev eth0 scope link
-             ip route add default via 169.254.1.1 dev eth0
-             ip -6 route add default via fe80::1 dev eth0"
-        ));
-        serve(&ns, name);
-        self.pods.push(Pod {
-            name: name.to_owned(),
-            ip,
-            ip6,
-            node,
-            ns,
-        });
-        index
+        self.new_pod(name, node, 1, |host, pod, n, ip, ip6| {
+            let veth = format!("cali{n}");
+            host.sh(&format!(
+                "ip link add {veth} type veth peer name eth0 netns {pod}
+                 ip -6 addr add fe80::1/64 dev {veth} nodad
+                 ip link set {veth} up
+                 sysctl -qw net.ipv4.conf.{veth}.proxy_arp=1
+                 ip route add {ip}/32 dev {veth}
+                 ip -6 route add {ip6}/128 dev {veth}",
+                pod = pod.name()
+            ));
+            pod.sh(&format!(
+                "ip addr add {ip}/32 dev eth0
+                 ip -6 addr add {ip6}/128 dev eth0 nodad
+                 ip link set eth0 up
+                 ip route add 169.254.1.1 dev eth0 scope link
+                 ip route add default via 169.254.1.1 dev eth0
+                 ip -6 route add default via fe80::1 dev eth0"
+            ));
+        })
     }
 
     /// Adds a pod on this node attached to the bridge `cni0` (created with the first
     /// one): its address 10.244.2.N/24 (fd00:10:244:2::N/64), its gateway the bridge's
     /// [`BRIDGE_IP`]. Returns its index in [`Cluster::pods`].
     pub fn add_bridged_pod(&mut self, name: &str) -> usize {
-        let index = self.pods.len();
-        let n = u8::try_from(index + 2).expect("fewer than 250 pods");
         if !self.node.ip(&["link", "show"]).contains("cni0") {
             kipvs_testkit::modprobe("br_netfilter");
             self.node.sh(&format!(
@@ -483,31 +468,49 @@ impl Cluster {
                  sysctl -qw net.bridge.bridge-nf-call-ip6tables=1"
             ));
         }
-        let ip = Ipv4Addr::new(10, 244, 2, n);
-        let ip6 = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, n.into());
+        self.new_pod(name, NODE, 2, |host, pod, n, ip, ip6| {
+            let veth = format!("veth{n}");
+            host.sh(&format!(
+                "ip link add {veth} type veth peer name eth0 netns {pod}
+                 ip link set {veth} master cni0
+                 ip link set {veth} type bridge_slave hairpin on
+                 ip link set {veth} up",
+                pod = pod.name()
+            ));
+            pod.sh(&format!(
+                "ip addr add {ip}/24 dev eth0
+                 ip -6 addr add {ip6}/64 dev eth0 nodad
+                 ip link set eth0 up
+                 ip route add default via {BRIDGE_IP}
+                 ip -6 route add default via fd00:10:244:2::1"
+            ));
+        })
+    }
+
+    /// Creates the namespace of pod number N (in order of creation) with addresses
+    /// 10.244.`subnet`.N and fd00:10:244:`subnet`::N, lets `wire` connect it to the node
+    /// (`wire(node, pod, N, ip, ip6)`), starts its servers and records it. Returns its
+    /// index in [`Cluster::pods`].
+    fn new_pod(
+        &mut self,
+        name: &str,
+        node: &'static str,
+        subnet: u8,
+        wire: impl FnOnce(&Netns, &Netns, u8, Ipv4Addr, Ipv6Addr),
+    ) -> usize {
+        let index = self.pods.len();
+        let n = u8::try_from(index + 2).expect("fewer than 250 pods");
+        let ip = Ipv4Addr::new(10, 244, subnet, n);
+        let ip6 = Ipv6Addr::new(0xfd00, 0x10, 0x244, subnet.into(), 0, 0, 0, n.into());
         let ns = Netns::new();
         ns.sh(NO_DAD);
-        let veth = format!("veth{n}");
-        self.node.sh(&format!(
-            "ip link add {veth} type veth peer name eth0 netns {pod}
-             ip link set {veth} master cni0
-             ip link set {veth} type bridge_slave hairpin on
-             ip link set {veth} up",
-            pod = ns.name()
-        ));
-        ns.sh(&format!(
-            "ip addr add {ip}/24 dev eth0
-             ip -6 addr add {ip6}/64 dev eth0 nodad
-             ip link set eth0 up
-             ip route add default via {BRIDGE_IP}
-             ip -6 route add default via fd00:10:244:2::1"
-        ));
+        wire(&self.node, &ns, n, ip, ip6);
         serve(&ns, name);
         self.pods.push(Pod {
             name: name.to_owned(),
             ip,
             ip6,
-            node: NODE,
+            node,
             ns,
         });
         index
