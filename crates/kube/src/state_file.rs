@@ -132,15 +132,20 @@ impl Parser {
     ///
     /// Fails as [`load`] does; the parts remembered stay those of the last good parse.
     pub fn parse(&mut self, text: &str, origin: &str) -> Result<ClusterState, StateFileError> {
-        let mut parts = HashMap::with_capacity(self.parts.len());
+        let mut parts: HashMap<String, Part> = HashMap::with_capacity(self.parts.len());
         let mut state = ClusterState::default();
         let mut documents = 0;
         for (first_line, part_text) in split_parts(text) {
-            let known = self.parts.remove(part_text);
-            let part = match known.or_else(|| parts.get(part_text).cloned()) {
+            // A known part keeps its key: no copy of its text per re-read.
+            let known = self.parts.remove_entry(part_text).or_else(|| {
+                parts
+                    .get(part_text)
+                    .map(|part| (part_text.to_owned(), part.clone()))
+            });
+            let (key, part) = match known {
                 Some(known) => known,
                 None => match parse_part(part_text, origin, documents, first_line) {
-                    Ok(part) => part,
+                    Ok(part) => (part_text.to_owned(), part),
                     Err(err) => {
                         self.parts.extend(parts);
                         return Err(err);
@@ -149,7 +154,7 @@ impl Parser {
             };
             documents += part.documents;
             state.append(part.state.clone());
-            parts.insert(part_text.to_owned(), part);
+            parts.insert(key, part);
         }
         self.parts = parts;
         Ok(state)
