@@ -70,3 +70,47 @@ fn on_a_kernel_without_ipvs_every_command_says_so_in_one_line() {
         assert_eq!(out.status.code(), Some(1), "{args:?}");
     }
 }
+
+/// A file for `--config` in a fresh temporary directory.
+fn config_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("kipvs-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, text).expect("config written");
+    path
+}
+
+/// Fields kube-proxy would drop with a warning (older kubeadm ConfigMaps) start kipvs
+/// with one warning each, naming file, line and field; fields kipvs accepts without
+/// acting on them are reported once. Both reach the log (it is set up first).
+#[test]
+fn unknown_and_unused_config_fields_are_logged_once_after_logging_starts() {
+    let config = config_file(
+        "unknown",
+        "mode: ipvs\nudpIdleTimeout: 250ms\nhealthzBindAddress: 127.0.0.1:0\n\
+         metricsBindAddress: 127.0.0.1:0\nenableProfiling: true\n",
+    );
+    let state = format!("{}/../../examples/cluster.yaml", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_kipvs"))
+        .args(["run", "--dry-run", "--once", "--state", &state])
+        .args(["--hostname-override", "node-a", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the kipvs binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let unknown = format!(
+        "{}:2:1: udpIdleTimeout: unknown field, ignored (as kube-proxy ignores it)",
+        config.display()
+    );
+    assert_eq!(stderr.matches(&unknown).count(), 1, "{stderr}");
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.contains("accepted but not used") && l.contains("enableProfiling"))
+            .count(),
+        1,
+        "{stderr}"
+    );
+}

@@ -21,16 +21,19 @@ pub(crate) fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, Failure
         .map_err(|err| Failure::Other(format!("cannot start the runtime: {err}")))
 }
 
-/// The configuration in `path`, or kube-proxy's defaults without one.
+/// The configuration in `path`, or kube-proxy's defaults without one. Sets up logging
+/// as the file says, then logs what the file says that kipvs ignores.
 ///
 /// Fails on a bad file, saying what is wrong and where (file:line:column: field).
 pub(crate) fn optional_config(
     path: Option<&std::path::Path>,
 ) -> Result<crate::config::Config, Failure> {
-    match path {
+    let loaded = match path {
         Some(path) => crate::config::Config::load(path)
-            .map(|loaded| loaded.config)
-            .map_err(|err| Failure::Other(format!("invalid configuration: {err}"))),
-        None => Ok(crate::config::Config::default()),
-    }
+            .map_err(|err| Failure::Other(format!("invalid configuration: {err}")))?,
+        None => crate::config::Loaded::defaults(),
+    };
+    run::init_logging(loaded.config.log_format, loaded.config.verbosity);
+    loaded.log();
+    Ok(loaded.config)
 }

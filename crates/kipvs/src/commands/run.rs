@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::Failure;
 use crate::cli::RunArgs;
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, Loaded, LogFormat};
 use crate::owners::{self, Recorder};
 use crate::servers::service_health::listeners::{self, Reporter};
 use crate::servers::service_health::HealthChecks;
@@ -53,24 +53,20 @@ pub fn init_logging(format: LogFormat, verbosity: u32) {
 /// override its file.
 ///
 /// Fails with the file, line, column and field of a bad configuration.
-pub fn load_config(args: &RunArgs) -> Result<Config, String> {
-    let mut config = match &args.config {
-        Some(path) => {
-            let loaded = Config::load(path).map_err(|e| e.to_string())?;
-            for field in &loaded.unused_fields {
-                tracing::info!(field = %field, "configuration field is accepted but not used by kipvs");
-            }
-            loaded.config
-        }
-        None => Config::default(),
+/// What the file says that kipvs ignores is not logged here (logging is not set up
+/// yet): call [`Loaded::log`] on the result once it is.
+pub fn load_config(args: &RunArgs) -> Result<Loaded, String> {
+    let mut loaded = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Loaded::defaults(),
     };
     if let Some(kubeconfig) = &args.kubeconfig {
-        config.kubeconfig = Some(kubeconfig.clone());
+        loaded.config.kubeconfig = Some(kubeconfig.clone());
     }
     if let Some(name) = &args.hostname_override {
-        config.hostname_override = Some(name.clone());
+        loaded.config.hostname_override = Some(name.clone());
     }
-    Ok(config)
+    Ok(loaded)
 }
 
 /// This node's name: the override, else the hostname, lower-cased as Kubernetes does.
@@ -94,15 +90,18 @@ fn node_name(config: &Config) -> String {
 /// no IPVS) or the cluster source cannot be reached; with `--once`, exits 1 without a
 /// failure when an operation failed (each is logged).
 pub fn main(args: &RunArgs) -> Result<ExitCode, Failure> {
-    let config =
-        load_config(args).map_err(|why| Failure::Other(format!("invalid configuration: {why}")))?;
-    init_logging(config.log_format, config.verbosity);
     if args.cleanup {
-        // kube-proxy's --cleanup, kept as an alias of `kipvs cleanup`.
+        // kube-proxy's --cleanup, kept as an alias of `kipvs cleanup` (which reads, checks
+        // and reports on the configuration itself).
         return crate::commands::cleanup::main(&crate::cli::CleanupArgs {
             config: args.config.clone(),
         });
     }
+    let loaded =
+        load_config(args).map_err(|why| Failure::Other(format!("invalid configuration: {why}")))?;
+    init_logging(loaded.config.log_format, loaded.config.verbosity);
+    loaded.log();
+    let config = loaded.config;
     super::runtime(2)?.block_on(run(args, config))
 }
 

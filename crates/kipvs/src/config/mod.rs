@@ -1,8 +1,9 @@
 //! kipvs' configuration: kube-proxy's `KubeProxyConfiguration` file, read unchanged, with
 //! kube-proxy's defaults, resolved into the settings kipvs runs with.
 //!
-//! A bad file refuses to start kipvs with a message naming the file, line, column and
-//! field. Fields kube-proxy knows but kipvs does not use are accepted and reported once
+//! A bad file (a wrong type, an invalid value) refuses to start kipvs with a message
+//! naming the file, line, column and field; a field kube-proxy does not know is dropped
+//! with a warning naming the same, as kube-proxy drops it. Fields kube-proxy knows but kipvs does not use are accepted and reported once
 //! ([`Loaded::unused_fields`]), so a kube-proxy ConfigMap works as it is.
 
 pub mod duration;
@@ -112,8 +113,8 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     /// This node's name, when not the hostname.
     pub hostname_override: Option<String>,
-    /// The node's primary IP, when it overrides the Node object's.
-    pub bind_address: Option<IpAddr>,
+    /// The node's primary IPs (one per family), when they override the Node object's.
+    pub bind_address: Vec<IpAddr>,
     /// Health server address.
     pub healthz_bind_address: SocketAddr,
     /// Metrics server address.
@@ -154,6 +155,57 @@ pub struct Loaded {
     /// Fields set in the file that kipvs accepts but does not use (dotted paths), to be
     /// logged once at start.
     pub unused_fields: Vec<String>,
+    /// Fields kube-proxy does not know, ignored with a warning as kube-proxy ignores
+    /// them (see [`UnknownField`]).
+    pub unknown_fields: Vec<UnknownField>,
+}
+
+impl Loaded {
+    /// kube-proxy's defaults, as when no file is given.
+    pub fn defaults() -> Loaded {
+        Loaded {
+            config: Config::default(),
+            unused_fields: Vec::new(),
+            unknown_fields: Vec::new(),
+        }
+    }
+
+    /// Logs, once, what the file says that kipvs ignores: unknown fields as warnings,
+    /// known fields kipvs does not act on as information. Call it after logging is set up.
+    pub fn log(&self) {
+        for unknown in &self.unknown_fields {
+            tracing::warn!("{unknown}");
+        }
+        for field in &self.unused_fields {
+            tracing::info!(field = %field, "configuration field is accepted but not used by kipvs");
+        }
+    }
+}
+
+/// A field kube-proxy's configuration does not have (`conntrack.max`, `udpIdleTimeout`
+/// and others left in ConfigMaps written for older releases). kube-proxy decodes its file
+/// strictly first and, when only unknown fields stand in the way, again leniently,
+/// dropping them with a warning; kipvs does the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownField {
+    /// The file (or `<inline>`).
+    pub origin: String,
+    /// 1-based line, 0 when unknown.
+    pub line: usize,
+    /// 1-based column, 0 when unknown.
+    pub column: usize,
+    /// Dotted path of the field (`conntrack.max`).
+    pub field: String,
+}
+
+impl std::fmt::Display for UnknownField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: unknown field, ignored (as kube-proxy ignores it)",
+            self.origin, self.line, self.column, self.field
+        )
+    }
 }
 
 /// Fields kube-proxy knows that kipvs accepts without acting on them.
@@ -198,31 +250,7 @@ impl Config {
     ///
     /// Fails as [`Config::load`] does.
     pub fn parse(text: &str, origin: &str) -> Result<Loaded, ConfigError> {
-        let raw: schema::KubeProxyConfiguration = if text.trim().is_empty() {
-            schema::KubeProxyConfiguration::default()
-        } else {
-            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)).map_err(
-                |err| {
-                    let field = err.path().to_string();
-                    let inner = err.into_inner();
-                    // serde_yaml places errors raised while reading a value at the start of
-                    // the enclosing mapping; the field's own line is more useful.
-                    let (line, column) = match locate(text, &field) {
-                        (0, _) => inner
-                            .location()
-                            .map_or((0, 0), |loc| (loc.line(), loc.column())),
-                        found => found,
-                    };
-                    ConfigError::Invalid {
-                        origin: origin.to_owned(),
-                        line,
-                        column,
-                        field,
-                        message: strip_location(&inner.to_string()),
-                    }
-                },
-            )?
-        };
+        let (raw, unknown_fields) = decode(text, origin)?;
         let config = Config::from_schema(raw);
         config.validate(text, origin)?;
         let unused_fields = set_fields(text)
@@ -236,6 +264,7 @@ impl Config {
         Ok(Loaded {
             config,
             unused_fields,
+            unknown_fields,
         })
     }
 
@@ -263,7 +292,8 @@ impl Config {
                 detect_local.interface_name_prefix.unwrap_or_default(),
             ),
         };
-        let ipv6_bind = matches!(raw.bind_address, Some(IpAddr::V6(_)));
+        let bind_address = raw.bind_address.unwrap_or_default();
+        let ipv6_bind = bind_address.first().is_some_and(IpAddr::is_ipv6);
         let default_addr =
             |v4: IpAddr, v6: IpAddr, port| SocketAddr::new(if ipv6_bind { v6 } else { v4 }, port);
         Config {
@@ -272,19 +302,22 @@ impl Config {
                 .and_then(|c| non_empty(c.kubeconfig))
                 .map(PathBuf::from),
             hostname_override: non_empty(raw.hostname_override),
-            bind_address: raw.bind_address.filter(|a| !a.is_unspecified()),
+            bind_address: bind_address
+                .into_iter()
+                .filter(|a| !a.is_unspecified())
+                .collect(),
             healthz_bind_address: raw.healthz_bind_address.unwrap_or_else(|| {
                 default_addr(
                     IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                     IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-                    10256,
+                    schema::HEALTHZ_PORT,
                 )
             }),
             metrics_bind_address: raw.metrics_bind_address.unwrap_or_else(|| {
                 default_addr(
                     IpAddr::V4(Ipv4Addr::LOCALHOST),
                     IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-                    10249,
+                    schema::METRICS_PORT,
                 )
             }),
             bind_address_hard_fail: raw.bind_address_hard_fail.unwrap_or(false),
@@ -390,6 +423,105 @@ impl Config {
             _ => Ok(()),
         }
     }
+}
+
+/// Reads the document as kube-proxy does: strictly, then, when only fields it does not
+/// know stand in the way, without them (each is returned, to be warned about). Wrong
+/// types and invalid values are refused either way.
+fn decode(
+    text: &str,
+    origin: &str,
+) -> Result<(schema::KubeProxyConfiguration, Vec<UnknownField>), ConfigError> {
+    type DecodeError = serde_path_to_error::Error<serde_yaml::Error>;
+    let refuse = |err: DecodeError| {
+        let field = err.path().to_string();
+        let inner = err.into_inner();
+        // serde_yaml places errors raised while reading a value at the start of the
+        // enclosing mapping; the field's own line is more useful.
+        let (line, column) = match locate(text, &field) {
+            (0, _) => inner
+                .location()
+                .map_or((0, 0), |loc| (loc.line(), loc.column())),
+            found => found,
+        };
+        ConfigError::Invalid {
+            origin: origin.to_owned(),
+            line,
+            column,
+            field,
+            message: strip_location(&inner.to_string()),
+        }
+    };
+    // The path of the unknown field an error is about, if that is what it is about.
+    let unknown = |err: &DecodeError| -> Option<String> {
+        let message = err.inner().to_string();
+        // serde_yaml puts the path of a nested field before the message.
+        let (_, rest) = message.split_once("unknown field `")?;
+        let name = rest.split('`').next()?;
+        let path = err.path().to_string();
+        Some(if path == "." {
+            name.to_owned()
+        } else if path == name || path.ends_with(&format!(".{name}")) {
+            path
+        } else {
+            format!("{path}.{name}")
+        })
+    };
+    if text.trim().is_empty() {
+        return Ok((schema::KubeProxyConfiguration::default(), Vec::new()));
+    }
+    let strict = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text));
+    match strict {
+        Ok(raw) => return Ok((raw, Vec::new())),
+        Err(err) if unknown(&err).is_none() => return Err(refuse(err)),
+        Err(_) => {}
+    }
+    let mut value: serde_yaml::Value =
+        serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+            .map_err(refuse)?;
+    let mut dropped = Vec::new();
+    loop {
+        match serde_path_to_error::deserialize(value.clone()) {
+            Ok(raw) => {
+                dropped.sort_by_key(|f: &UnknownField| (f.line, f.column));
+                return Ok((raw, dropped));
+            }
+            Err(err) => {
+                let Some(path) = unknown(&err) else {
+                    return Err(refuse(err));
+                };
+                if !remove_path(&mut value, &path) {
+                    return Err(refuse(err));
+                }
+                let (line, column) = locate(text, &path);
+                dropped.push(UnknownField {
+                    origin: origin.to_owned(),
+                    line,
+                    column,
+                    field: path,
+                });
+            }
+        }
+    }
+}
+
+/// Removes the mapping entry at the dotted `path` from `value`; false when there is none.
+fn remove_path(value: &mut serde_yaml::Value, path: &str) -> bool {
+    let mut current = value;
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let Some(map) = current.as_mapping_mut() else {
+            return false;
+        };
+        if parts.peek().is_none() {
+            return map.remove(part).is_some();
+        }
+        let Some(next) = map.get_mut(part) else {
+            return false;
+        };
+        current = next;
+    }
+    false
 }
 
 /// serde_yaml appends " at line L column C" to messages; the error names them already.

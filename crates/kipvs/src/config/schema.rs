@@ -3,7 +3,8 @@
 //!
 //! Every field is optional, as in Go, where an absent or `null` field keeps its zero value
 //! and defaulting happens afterwards ([`super::Config::from_schema`]). Unknown fields are
-//! refused. Values are validated while they are read, so a bad one is reported with its
+//! refused here (strict decoding); the loader then drops them with a warning, as
+//! kube-proxy's lenient second pass does. Values are validated while they are read, so a bad one is reported with its
 //! line and column.
 
 use std::collections::BTreeMap;
@@ -41,14 +42,15 @@ pub struct KubeProxyConfiguration {
     /// This node's name when it is not the hostname.
     #[serde(default)]
     pub hostname_override: Option<String>,
-    /// The node's primary IP, overriding the Node object's.
-    #[serde(default, deserialize_with = "optional_ip")]
-    pub bind_address: Option<IpAddr>,
-    /// `ip:port` of the health server.
-    #[serde(default, deserialize_with = "optional_socket_addr")]
+    /// The node's primary IP, overriding the Node object's; a comma-separated
+    /// dual-stack pair gives one per family.
+    #[serde(default, deserialize_with = "ip_list")]
+    pub bind_address: Option<Vec<IpAddr>>,
+    /// `ip:port` of the health server; a bare IP gets port 10256.
+    #[serde(default, deserialize_with = "healthz_address")]
     pub healthz_bind_address: Option<SocketAddr>,
-    /// `ip:port` of the metrics server.
-    #[serde(default, deserialize_with = "optional_socket_addr")]
+    /// `ip:port` of the metrics server; a bare IP gets port 10249.
+    #[serde(default, deserialize_with = "metrics_address")]
     pub metrics_bind_address: Option<SocketAddr>,
     /// Exit when a server port cannot be bound.
     #[serde(default)]
@@ -393,23 +395,84 @@ fn log_format<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Erro
     })
 }
 
+/// The schedulers kube-proxy's validation accepts for `ipvs.scheduler` (empty means rr).
+pub const KUBE_PROXY_SCHEDULERS: &[&str] = &[
+    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq",
+];
+
+/// `ipvs.scheduler`, checked as kube-proxy checks it: one of [`KUBE_PROXY_SCHEDULERS`].
+/// The kernel's other schedulers (mh, fo, ovf) are refused here, as kube-proxy refuses
+/// them, so a ConfigMap both proxies read never stops kube-proxy; kipvs offers them per
+/// Service through annotations.
+pub fn kube_proxy_scheduler(s: &str) -> Result<Scheduler, String> {
+    if KUBE_PROXY_SCHEDULERS.contains(&s) {
+        return Scheduler::from_str(s).map_err(|e| e.to_string());
+    }
+    let hint = if Scheduler::from_str(s).is_ok_and(|sched| Scheduler::KNOWN.contains(&sched)) {
+        format!(
+            "; kube-proxy refuses {s} here too: set it per Service with the \
+             ipvs.kipvs.io/scheduler annotation"
+        )
+    } else {
+        String::new()
+    };
+    Err(format!(
+        "unknown scheduler {s:?}: must be one of {} (empty means rr){hint}",
+        KUBE_PROXY_SCHEDULERS.join(", ")
+    ))
+}
+
 fn scheduler<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Scheduler>, D::Error> {
-    parse_with(d, Scheduler::from_str)
+    parse_with(d, kube_proxy_scheduler)
 }
 
-fn optional_ip<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpAddr>, D::Error> {
-    parse_with(d, |s| {
-        s.parse::<IpAddr>()
-            .map_err(|_| format!("{s:?} is not an IP address"))
+/// A comma-separated list of one IP, or two of different families (kube-proxy's
+/// `bindAddress`).
+pub fn parse_ip_list(s: &str) -> Result<Vec<IpAddr>, String> {
+    let ips = s
+        .split(',')
+        .map(|part| {
+            let part = part.trim();
+            part.parse::<IpAddr>()
+                .map_err(|_| format!("{part:?} is not an IP address"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    match ips.as_slice() {
+        [_] => Ok(ips),
+        [a, b] if a.is_ipv4() != b.is_ipv4() => Ok(ips),
+        _ => Err(format!(
+            "{s:?}: expected one IP address, or an IPv4 and an IPv6 address separated by a comma"
+        )),
+    }
+}
+
+fn ip_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<IpAddr>>, D::Error> {
+    parse_with(d, parse_ip_list)
+}
+
+/// `ip:port`, or a bare IP to which `default_port` is added (kube-proxy's
+/// `AppendPortIfNeeded`): `0.0.0.0` is `0.0.0.0:10249`, `::` is `[::]:10249`.
+pub fn parse_bind_address(s: &str, default_port: u16) -> Result<SocketAddr, String> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    s.parse::<SocketAddr>().map_err(|_| {
+        format!("{s:?} is not an IP address with an optional port (e.g. 0.0.0.0:{default_port})")
     })
 }
 
-fn optional_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
-    parse_with(d, |s| {
-        s.parse::<SocketAddr>()
-            .map_err(|_| format!("{s:?} is not an ip:port address (e.g. 0.0.0.0:10256)"))
-    })
+fn healthz_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    parse_with(d, |s| parse_bind_address(s, HEALTHZ_PORT))
 }
+
+fn metrics_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    parse_with(d, |s| parse_bind_address(s, METRICS_PORT))
+}
+
+/// kube-proxy's health port.
+pub const HEALTHZ_PORT: u16 = 10256;
+/// kube-proxy's metrics port.
+pub const METRICS_PORT: u16 = 10249;
 
 fn cidr_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<IpNet>>, D::Error> {
     parse_with(d, |s| {
