@@ -8,6 +8,15 @@
 #                                      where the guest's /tmp or /run would hide it
 #   vm.sh check                        say whether a VM can run here (exit 0) or why not
 #
+# Network: none (`-nic none`) unless KIPVS_VM_APISERVER=127.0.0.1:PORT is set. Then the
+# guest gets one virtio NIC (eth0, 10.0.2.15/24) on qemu's user network with restrict=on,
+# whose only way out is a guestfwd of 10.0.2.100:PORT to the host's 127.0.0.1:PORT (socat
+# on the host relays each connection): the test API server of tests/peer/cluster, and
+# nothing else. guest-init serves it inside the guest on 127.0.0.1:6443 and on the unix
+# socket /run/kipvs-apiserver.sock (tests/peer/apiserver-forward relays it into other
+# network namespaces). The KIPVS_PEER_* variables of `tests/peer/cluster env` are passed to
+# the job, and the directories KIPVS_PEER_DIR and KIPVS_PEER_BIN are shared like DIRs.
+#
 # JOB_SCRIPT is copied into RESULTS_DIR (a writable 9p share, /tmp/kipvs-results inside)
 # and run with bash under chroot of the host's root. Exit status: the job's own; 125 when
 # the VM could not boot, crashed, hung past KIPVS_VM_TIMEOUT seconds or did not report.
@@ -80,14 +89,33 @@ initramfs() {
 run() {
     local job=$1 results=$2 kver initrd accel status dir n=0
     shift 2
-    local shares=()
+    local shares=() net=(-nic none) var
     why=$(check) || die "$why"
     kver=$(kernel_version)
     initrd=$(initramfs "$kver")
     mkdir -p "$results"
-    rm -f "$results/exit-status"
+    rm -f "$results/exit-status" "$results/network" "$results/env"
     cp "$job" "$results/job.sh"
     : >"$results/shares"
+    if [ -n "${KIPVS_VM_APISERVER:-}" ]; then
+        [[ $KIPVS_VM_APISERVER =~ ^127\.0\.0\.1:([0-9]+)$ ]] ||
+            die "KIPVS_VM_APISERVER must be 127.0.0.1:PORT, not $KIPVS_VM_APISERVER"
+        local port=${BASH_REMATCH[1]}
+        command -v socat >/dev/null || die "socat is not installed (it relays the forwarded port)"
+        # restrict=on: the guest reaches nothing outside but the guestfwd; no IPv6, no DNS use.
+        net=(-netdev "user,id=net0,restrict=on,ipv6=off,net=10.0.2.0/24,guestfwd=tcp:10.0.2.100:$port-cmd:socat STDIO TCP:127.0.0.1:$port"
+            -device virtio-net-pci,netdev=net0)
+        echo "10.0.2.100 $port" >"$results/network"
+        # The peer variables, for the job's environment (guest-init passes them on).
+        : >"$results/env"
+        for var in $(compgen -e | grep '^KIPVS_PEER_' || true); do
+            [[ ${!var} =~ ^[^[:space:]]*$ ]] || die "$var contains white space"
+            echo "$var=${!var}" >>"$results/env"
+        done
+        for dir in "${KIPVS_PEER_DIR:-}" "${KIPVS_PEER_BIN:-}"; do
+            [ -n "$dir" ] && set -- "$@" "$dir"
+        done
+    fi
     for dir in "$@"; do
         dir=$(cd "$dir" && pwd -P)
         n=$((n + 1))
@@ -107,7 +135,7 @@ run() {
         -append "console=ttyS0 panic=-1 oops=panic rdinit=/init loglevel=4 net.ifnames=0" \
         -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
         -virtfs "local,path=$results,mount_tag=results,security_model=none,multidevs=remap" \
-        "${shares[@]}"
+        "${shares[@]}" "${net[@]}"
     status=$?
     set -e
     if grep -q "Kernel panic" "$results/console.log" 2>/dev/null; then
