@@ -97,3 +97,70 @@ fn node_ports_external_ips_and_load_balancer_source_ranges_from_outside_the_node
     // The refusal is the firewall's, not a broken path: the allowed source still works.
     tcp_from(&c.client, Some(IpAddr::V4(CLIENT_IP)), lb_vip).unwrap();
 }
+
+#[test]
+#[ignore = "kernel: run by tests/run"]
+fn a_pod_reaches_a_local_policy_load_balancer_whose_endpoints_are_all_on_other_nodes() {
+    let mut c = Cluster::new("localfallback", "");
+    let remote = [
+        c.add_pod("remote-0", e2e::OTHER_NODE),
+        c.add_pod("remote-1", e2e::OTHER_NODE),
+    ];
+    let caller = c.add_pod("caller", e2e::NODE);
+    let here = c.add_pod("here", e2e::NODE);
+    let remote_pods = [c.pod(remote[0]), c.pod(remote[1])];
+    let mut ingress =
+        Service::cluster_ip("ingress", "10.96.0.50", 80, &remote_pods).node_port(30110, 30111);
+    ingress.kind = "LoadBalancer";
+    ingress.external_local = true;
+    ingress.load_balancer_ips = vec!["203.0.113.50".parse().unwrap()];
+    ingress.external_ips = vec!["203.0.113.51".parse().unwrap()];
+    c.apply(&[ingress.clone()]);
+    c.start();
+
+    // A pod on this node reaches the Local-policy LoadBalancer IP, ExternalIP and
+    // NodePort although no endpoint runs here (kubernetes#97081): the virtual services
+    // fall back to every endpoint, over TCP and UDP.
+    let from = &c.pod(caller).ns;
+    let caller_ip = IpAddr::V4(c.pod(caller).ip);
+    let remotes = names(&["remote-0", "remote-1"]);
+    for vip in [
+        addr("203.0.113.50", 80),
+        addr("203.0.113.51", 80),
+        addr("192.168.1.10", 30110),
+    ] {
+        let mut seen = BTreeSet::new();
+        for _ in 0..6 {
+            let reply = tcp(from, vip).unwrap();
+            assert_eq!(
+                reply.source, caller_ip,
+                "{vip}: the pod's source was rewritten"
+            );
+            seen.insert(reply.pod);
+        }
+        assert_eq!(seen, remotes, "{vip}");
+    }
+    assert!(remotes.contains(&udp(from, addr("203.0.113.50", 80)).unwrap().pod));
+    assert!(remotes.contains(&udp(from, addr("192.168.1.10", 30111)).unwrap().pod));
+    // The -LOCAL records stay as kube-proxy keeps them: external traffic is still not
+    // masqueraded (on a real cluster the remote pod's reply would not come back this
+    // way; here the "remote" pods hang off this node, so it does).
+    let outside = tcp(&c.client, addr("192.168.1.10", 30110)).unwrap();
+    assert!(remotes.contains(&outside.pod), "{outside:?}");
+    assert_eq!(outside.source, IpAddr::V4(CLIENT_IP));
+    let gauge =
+        "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"} 1";
+    assert!(c.metrics().contains(gauge), "{}", c.metrics());
+
+    // Once an endpoint runs on this node, Local policy means it alone.
+    ingress.endpoints.push(e2e::Endpoint::ready(c.pod(here)));
+    c.apply(&[ingress]);
+    c.wait_synced();
+    assert_eq!(
+        answered(from, addr("203.0.113.50", 80), 4),
+        names(&["here"])
+    );
+    for _ in 0..4 {
+        assert_eq!(tcp(from, addr("192.168.1.10", 30110)).unwrap().pod, "here");
+    }
+}

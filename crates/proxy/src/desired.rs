@@ -12,14 +12,14 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use kipvs_ipvs::ServiceKey;
+use kipvs_ipvs::{Family, ServiceKey};
 
 use crate::config::Config;
 use crate::hash::HashMap;
 use crate::ipset::{Entry, SetName};
 use crate::iptables::{FamilyRules, IptablesInputs};
 use crate::model::{Node, ServiceName};
-use crate::translate::{HealthCheck, NoNodeAccess, ServiceState, VirtualService};
+use crate::translate::{HealthCheck, NoNodeAccess, ServiceState, Traffic, VirtualService};
 use crate::warning::{Reason, Warning};
 
 /// What may have changed when one Service's share was replaced.
@@ -293,6 +293,16 @@ impl Desired {
             }
         }
         out
+    }
+
+    /// How many Services have a Local-policy virtual service for `traffic` in `family`
+    /// that fell back to every endpoint because this node has none of its own
+    /// (kube-proxy's `sync_proxy_rules_no_local_endpoints_total`).
+    pub fn without_local_endpoints(&self, traffic: Traffic, family: Family) -> usize {
+        self.services
+            .values()
+            .filter(|s| s.no_local_endpoints.contains(&(family, traffic)))
+            .count()
     }
 
     /// The health check servers to run: one per Local-policy Service with a health

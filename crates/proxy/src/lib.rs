@@ -73,5 +73,5 @@ pub use model::{
 };
 pub use observed::{apply, Observed};
 pub use plan::{cleanup, plan, ConntrackFlush, IpvsOp, Plan};
-pub use translate::{translate, HealthCheck, Owner, Role, ServiceState, VirtualService};
+pub use translate::{translate, HealthCheck, Owner, Role, ServiceState, Traffic, VirtualService};
 pub use warning::{InvalidObject, Warning};

@@ -15,6 +15,17 @@
 //!
 //! Each virtual service carries its owner (`namespace/name:port`). Every destination is
 //! NAT (`Masq`) with weight 1. Virtual services in `excludeCIDRs` are left out.
+//!
+//! Destinations follow kube-proxy's ipvs mode (`syncEndpoint` with `CategorizeEndpoints`):
+//! a virtual service under a Local policy gets this node's endpoints, and when this node
+//! has none, it falls back to the endpoints Cluster policy would use (kubernetes#97081:
+//! pods on this node still reach a Local LoadBalancer or NodePort through its address;
+//! outside clients are steered away by the healthCheckNodePort). The `-LOCAL` set
+//! members stay either way. For `internalTrafficPolicy: Local` the fallback exists only
+//! when the Service port is also reachable from outside (a node port, an ExternalIP or a
+//! LoadBalancer IP of the family): kube-proxy computes Cluster-policy endpoints only for
+//! those, so a plain ClusterIP Service with no local endpoint gets an empty virtual
+//! service.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -106,6 +117,26 @@ pub struct NoNodeAccess {
     pub port: u16,
 }
 
+/// The traffic a policy applies to: `internalTrafficPolicy` (ClusterIPs) or
+/// `externalTrafficPolicy` (ExternalIPs, LoadBalancer IPs, node ports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Traffic {
+    /// Cluster-internal traffic.
+    Internal,
+    /// Traffic from outside the cluster.
+    External,
+}
+
+impl Traffic {
+    /// The `traffic_policy` label of kube-proxy's metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Traffic::Internal => "internal",
+            Traffic::External => "external",
+        }
+    }
+}
+
 /// One Service's share of the desired state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceState {
@@ -121,6 +152,10 @@ pub struct ServiceState {
     pub no_node_access: Vec<NoNodeAccess>,
     /// The health check server, for Local-policy Services with a health check node port.
     pub health_check: Option<HealthCheck>,
+    /// The families and policies for which a Local-policy virtual service fell back to
+    /// every endpoint because this node has none while others do (kube-proxy's
+    /// `sync_proxy_rules_no_local_endpoints_total`), without duplicates.
+    pub no_local_endpoints: Vec<(Family, Traffic)>,
     /// Warnings about the Service and its EndpointSlices, and about the translation.
     pub warnings: Vec<Warning>,
 }
@@ -149,6 +184,7 @@ pub fn translate(
             members: Vec::new(),
             no_node_access: Vec::new(),
             health_check: None,
+            no_local_endpoints: Vec::new(),
             warnings: service.warnings.clone(),
         },
         keys: Vec::new(),
@@ -289,6 +325,24 @@ impl Translation<'_> {
         }
     }
 
+    /// Books a Local-policy virtual service that fell back to every endpoint. As in
+    /// kube-proxy, the Service then counts as without local endpoints for each of its
+    /// Local policies (internal when internalTrafficPolicy is Local; external when
+    /// `external` says externalTrafficPolicy is Local).
+    fn no_local(&mut self, family: Family, external: bool) {
+        let mut add = |traffic| {
+            if !self.state.no_local_endpoints.contains(&(family, traffic)) {
+                self.state.no_local_endpoints.push((family, traffic));
+            }
+        };
+        if self.service.internal_policy_local() {
+            add(Traffic::Internal);
+        }
+        if external {
+            add(Traffic::External);
+        }
+    }
+
     /// Adds a virtual service unless its key is taken or excluded. Returns whether it
     /// was added.
     fn virtual_service(&mut self, vs: VirtualService) -> bool {
@@ -359,19 +413,45 @@ impl Translation<'_> {
             d.dedup_by_key(|x| x.id());
             d
         };
-        let cluster_dests = dests(&selection.cluster);
         let local_dests = dests(&selection.local);
-        let internal = if service.internal_policy_local() {
-            &local_dests
+        // kube-proxy computes Cluster-policy endpoints only for a port that uses them:
+        // under internalTrafficPolicy Cluster, or when reachable from outside.
+        let externally_accessible = port.node_port.is_some()
+            || service
+                .external_ips
+                .iter()
+                .any(|ip| Family::of(ip) == family)
+            || service
+                .load_balancer_ips
+                .iter()
+                .any(|ip| Family::of(ip) == family);
+        let cluster_dests = if !service.internal_policy_local() || externally_accessible {
+            dests(&selection.cluster)
         } else {
-            &cluster_dests
+            Vec::new()
         };
+        let any_usable = candidates
+            .iter()
+            .any(|c| c.endpoint.conditions.ready || c.endpoint.conditions.serving_terminating());
+        // A Local policy uses this node's endpoints, or, with none here, the Cluster ones.
+        let local_or_cluster = if local_dests.is_empty() {
+            &cluster_dests
+        } else {
+            &local_dests
+        };
+        let internal_local = service.internal_policy_local();
         let external_local = service.external_policy_local();
-        let external = if external_local {
-            &local_dests
+        let internal = if internal_local {
+            local_or_cluster
         } else {
             &cluster_dests
         };
+        let external = if external_local {
+            local_or_cluster
+        } else {
+            &cluster_dests
+        };
+        let fell_back = local_dests.is_empty() && any_usable;
 
         let persistence = match service.session_affinity {
             SessionAffinity::ClientIp { timeout } => Some(Persistence::per_client(family, timeout)),
@@ -421,6 +501,9 @@ impl Translation<'_> {
         if self.virtual_service(make(cluster_ip, port.port, Role::ClusterIp, internal)) {
             self.member(set(SetKind::ClusterIp), ip_port(cluster_ip));
             self.bind(cluster_ip);
+            if internal_local && fell_back {
+                self.no_local(family, external_local);
+            }
         }
 
         for &ip in service
@@ -429,6 +512,9 @@ impl Translation<'_> {
             .filter(|ip| Family::of(ip) == family)
         {
             if self.virtual_service(make(ip, port.port, Role::ExternalIp, external)) {
+                if external_local && fell_back {
+                    self.no_local(family, true);
+                }
                 let kind = if external_local {
                     SetKind::ExternalIpLocal
                 } else {
@@ -448,6 +534,9 @@ impl Translation<'_> {
         {
             if !self.virtual_service(make(ip, port.port, Role::LoadBalancer, external)) {
                 continue;
+            }
+            if external_local && fell_back {
+                self.no_local(family, true);
             }
             self.member(set(SetKind::LoadBalancer), ip_port(ip));
             if external_local {
@@ -507,6 +596,9 @@ impl Translation<'_> {
             }
             if !any {
                 return;
+            }
+            if external_local && fell_back {
+                self.no_local(family, true);
             }
             let (all, local) = match protocol {
                 Protocol::Tcp => (SetKind::NodePortTcp, SetKind::NodePortLocalTcp),
@@ -742,6 +834,139 @@ mod tests {
                 node_port: 32000,
                 local_endpoints: 1
             })
+        );
+    }
+
+    fn remote_endpoints() -> Vec<EndpointSlice> {
+        vec![slice(raw_slice(
+            "web",
+            "1",
+            vec![endpoint("10.244.2.5", "b"), endpoint("10.244.3.5", "c")],
+        ))]
+    }
+
+    fn local_load_balancer() -> RawService {
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.service_type = Some("LoadBalancer".into());
+        raw.external_traffic_policy = Some("Local".into());
+        raw.health_check_node_port = Some(32000);
+        raw.ports = vec![port("http", "TCP", 80, Some(30080))];
+        raw.external_ips = vec!["203.0.113.5".into()];
+        raw.load_balancer_ingress = vec![RawIngress {
+            ip: Some("198.51.100.7".into()),
+            ip_mode: None,
+        }];
+        raw
+    }
+
+    #[test]
+    fn local_external_policy_without_a_local_endpoint_falls_back_to_every_endpoint() {
+        let st = run(
+            local_load_balancer(),
+            &remote_endpoints(),
+            &Config::default(),
+        );
+        assert_eq!(st.virtual_services.len(), 4);
+        for vs in &st.virtual_services {
+            assert_eq!(
+                dests(vs),
+                vec!["10.244.2.5:8080", "10.244.3.5:8080"],
+                "{:?} {}",
+                vs.role,
+                vs.service.key
+            );
+        }
+        // The -LOCAL records stay: traffic to them is still not masqueraded, and the
+        // health check still says this node has no endpoint.
+        let m = members(&st);
+        for member in [
+            "KUBE-LOAD-BALANCER-LOCAL 198.51.100.7,tcp:80",
+            "KUBE-EXTERNAL-IP-LOCAL 203.0.113.5,tcp:80",
+            "KUBE-NODE-PORT-LOCAL-TCP 30080",
+        ] {
+            assert!(m.contains(&member.to_string()), "{member} missing: {m:?}");
+        }
+        assert!(!m.iter().any(|x| x.starts_with("KUBE-EXTERNAL-IP ")));
+        assert_eq!(
+            st.health_check,
+            Some(HealthCheck {
+                node_port: 32000,
+                local_endpoints: 0
+            })
+        );
+        assert_eq!(st.no_local_endpoints, vec![(Family::V4, Traffic::External)]);
+    }
+
+    #[test]
+    fn local_external_policy_keeps_local_endpoints_when_there_are_some() {
+        let mut slices = remote_endpoints();
+        slices.push(slice(raw_slice(
+            "web",
+            "2",
+            vec![endpoint("10.244.1.5", "a")],
+        )));
+        let st = run(local_load_balancer(), &slices, &Config::default());
+        for vs in st
+            .virtual_services
+            .iter()
+            .filter(|v| v.role != Role::ClusterIp)
+        {
+            assert_eq!(dests(vs), vec!["10.244.1.5:8080"], "{}", vs.service.key);
+        }
+        assert!(st.no_local_endpoints.is_empty());
+    }
+
+    #[test]
+    fn a_local_policy_service_without_any_endpoint_does_not_count_as_falling_back() {
+        let st = run(local_load_balancer(), &[], &Config::default());
+        assert!(st
+            .virtual_services
+            .iter()
+            .all(|v| v.destinations.is_empty()));
+        assert!(st.no_local_endpoints.is_empty());
+    }
+
+    #[test]
+    fn local_internal_policy_without_a_local_endpoint_leaves_a_cluster_ip_only_service_empty() {
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.internal_traffic_policy = Some("Local".into());
+        let st = run(raw, &remote_endpoints(), &Config::default());
+        assert_eq!(keys(&st), vec!["TCP 10.96.0.10:80"]);
+        assert!(st.virtual_services[0].destinations.is_empty());
+        assert_eq!(st.no_local_endpoints, vec![(Family::V4, Traffic::Internal)]);
+    }
+
+    #[test]
+    fn local_internal_policy_falls_back_when_the_port_is_also_reachable_from_outside() {
+        // kube-proxy computes Cluster endpoints for an externally reachable port, and
+        // its ClusterIP fallback then uses them.
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.service_type = Some("NodePort".into());
+        raw.internal_traffic_policy = Some("Local".into());
+        raw.ports = vec![port("http", "TCP", 80, Some(30080))];
+        let st = run(raw, &remote_endpoints(), &Config::default());
+        for vs in &st.virtual_services {
+            assert_eq!(dests(vs), vec!["10.244.2.5:8080", "10.244.3.5:8080"]);
+        }
+        assert_eq!(st.no_local_endpoints, vec![(Family::V4, Traffic::Internal)]);
+    }
+
+    #[test]
+    fn both_policies_local_without_a_local_endpoint_count_for_both() {
+        let mut raw = local_load_balancer();
+        raw.internal_traffic_policy = Some("Local".into());
+        let st = run(raw, &remote_endpoints(), &Config::default());
+        for vs in &st.virtual_services {
+            assert_eq!(dests(vs).len(), 2, "{}", vs.service.key);
+        }
+        let mut counted = st.no_local_endpoints.clone();
+        counted.sort();
+        assert_eq!(
+            counted,
+            vec![
+                (Family::V4, Traffic::Internal),
+                (Family::V4, Traffic::External)
+            ]
         );
     }
 

@@ -15,15 +15,16 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use kipvs_ipvs::Family;
 use kipvs_kube::source::ClusterEvent;
-use kipvs_proxy::{Moment, Plan, Proxier};
+use kipvs_proxy::{Moment, Plan, Proxier, Traffic};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::cluster::{Applied, ClusterView};
 use super::kernel::{Kernel, Report};
 use crate::owners::Recorder;
-use crate::servers::metrics::OperationLabels;
+use crate::servers::metrics::{OperationLabels, TrafficPolicyLabels};
 use crate::servers::service_health::{self, HealthChecks};
 use crate::servers::Shared;
 
@@ -308,6 +309,7 @@ impl<K: Kernel> SyncLoop<K> {
         metrics
             .graceful_termination_queue
             .set(i64::try_from(self.proxier.draining()).unwrap_or(i64::MAX));
+        self.book_no_local_endpoints();
         self.last_sync = Some(now);
         let success = match result {
             Ok(report) => report.is_success(),
@@ -334,6 +336,25 @@ impl<K: Kernel> SyncLoop<K> {
             self.retry = (self.retry * 2).min(self.timing.sync_period);
         }
         (pass, success)
+    }
+
+    /// Sets kube-proxy's gauge of Services whose Local policy found no endpoint on this
+    /// node (their virtual services fell back to every endpoint), by policy.
+    fn book_no_local_endpoints(&self) {
+        let desired = self.proxier.desired();
+        for traffic in [Traffic::Internal, Traffic::External] {
+            let count: usize = [Family::V4, Family::V6]
+                .into_iter()
+                .map(|family| desired.without_local_endpoints(traffic, family))
+                .sum();
+            self.shared
+                .metrics
+                .no_local_endpoints
+                .get_or_create(&TrafficPolicyLabels {
+                    traffic_policy: traffic.as_str().to_owned(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 
     fn verify(&mut self, now: Instant) -> Result<Report, String> {

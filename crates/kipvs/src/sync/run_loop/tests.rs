@@ -387,3 +387,52 @@ async fn the_owners_file_follows_services_and_is_rewritten_only_when_they_change
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn services_whose_local_policy_falls_back_are_counted_as_kube_proxy_counts_them() {
+    let state = state_file::parse(
+        "apiVersion: v1
+kind: Service
+metadata: {name: ingress, namespace: edge}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.20.1
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32000
+  ports: [{name: http, port: 80, nodePort: 30080}]
+status: {loadBalancer: {ingress: [{ip: 198.51.100.7}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ingress-1, namespace: edge, labels: {kubernetes.io/service-name: ingress}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.2.5], nodeName: node-b, conditions: {ready: true}}]
+ports: [{name: http, port: 8080}]
+",
+        "inline.yaml",
+    )
+    .unwrap();
+    let mut l = new_loop(SimulatedKernel::default());
+    let (_tx, mut rx) = mpsc::channel(8);
+    for event in kipvs_kube::source::replay(state) {
+        l.handle(event);
+    }
+    run_for(&mut l, &mut rx, Duration::from_secs(1)).await;
+    // The LoadBalancer IP serves the remote endpoint, as kube-proxy's ipvs mode does.
+    let lb = l
+        .kernel()
+        .state
+        .table
+        .services
+        .iter()
+        .find(|s| s.service.key == key("198.51.100.7", 80))
+        .unwrap();
+    assert_eq!(lb.destinations.len(), 1);
+    let metrics = l.shared.metrics.render();
+    for line in [
+        "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"} 1",
+        "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+}
