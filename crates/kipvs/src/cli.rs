@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// kipvs: Kubernetes Services on Linux IPVS, a drop-in for kube-proxy's ipvs mode.
 #[derive(Debug, Parser)]
-#[command(name = "kipvs", version)]
+#[command(name = "kipvs", version = crate::version::LONG)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

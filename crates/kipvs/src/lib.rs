@@ -12,3 +12,4 @@ pub mod dump;
 pub mod owners;
 pub mod servers;
 pub mod sync;
+pub mod version;

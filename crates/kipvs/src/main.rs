@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         Command::Cleanup(args) => ("cleanup", commands::cleanup::main(&args)),
         Command::Prepare(args) => ("prepare", commands::prepare::main(&args)),
         Command::Version => {
-            println!("kipvs {}", env!("CARGO_PKG_VERSION"));
+            println!("kipvs {}", kipvs::version::LONG);
             ("version", Ok(ExitCode::SUCCESS))
         }
     };

@@ -9,14 +9,37 @@ fn kipvs(args: &[&str]) -> std::process::Output {
         .expect("the kipvs binary runs")
 }
 
+/// The commit of this checkout as git names it, when the tests run in one.
+fn checkout_commit() -> Option<String> {
+    let out = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()?;
+    let commit = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && !commit.is_empty()).then_some(commit)
+}
+
 #[test]
-fn version_prints_the_package_version() {
-    let out = kipvs(&["version"]);
-    assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("kipvs {}", env!("CARGO_PKG_VERSION"))
-    );
+fn version_prints_the_package_version_and_the_commit_it_was_built_from() {
+    // With KIPVS_GIT_COMMIT set (for the build and so for this run), the binary names
+    // that commit instead of the checkout's.
+    let commit = std::env::var("KIPVS_GIT_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .map(|c| c.trim().to_owned())
+        .or_else(checkout_commit)
+        .unwrap_or_else(|| "unknown".to_owned());
+    let expected = format!("kipvs {} (commit {commit})", env!("CARGO_PKG_VERSION"));
+    for args in [&["version"][..], &["--version"][..]] {
+        let out = kipvs(args);
+        assert!(out.status.success(), "{args:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            expected,
+            "{args:?}"
+        );
+    }
 }
 
 #[test]
