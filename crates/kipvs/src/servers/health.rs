@@ -1,7 +1,8 @@
 //! kube-proxy's health rule, as a value: kipvs is healthy unless a change has waited
 //! longer than the health timeout (2 x syncPeriod) without being applied. `/healthz`
 //! also turns unhealthy while this node is being deleted, so load balancers stop sending
-//! it traffic; `/livez` ignores the node.
+//! it traffic; `/livez` ignores the node. `/readyz` (kipvs' own, for a startup probe)
+//! answers 200 once the kernel has reflected the cluster at least once since start.
 //!
 //! Time is passed in; the servers read the clock.
 
@@ -81,6 +82,13 @@ impl ProxyHealth {
     /// The answer of `/livez`.
     pub fn livez(&self, now: SystemTime) -> HealthAnswer {
         self.answer(now, self.is_healthy(now), None)
+    }
+
+    /// The answer of `/readyz`: healthy once a sync has brought the kernel up to date
+    /// since start, and from then on. kube-proxy's endpoints are healthy while it starts,
+    /// so a startup probe on them passes before the first sync; this one does not.
+    pub fn readyz(&self, now: SystemTime) -> HealthAnswer {
+        self.answer(now, self.last_updated.is_some(), None)
     }
 
     fn answer(&self, now: SystemTime, healthy: bool, node_eligible: Option<bool>) -> HealthAnswer {
@@ -164,6 +172,28 @@ mod tests {
         );
         health.updated(at(71));
         assert_eq!(health.healthz(at(72)).status, 200);
+    }
+
+    #[test]
+    fn readyz_waits_for_the_first_sync_then_stays_healthy() {
+        let mut health = ProxyHealth::new(Duration::from_secs(60));
+        assert_eq!(health.readyz(at(0)).status, 503);
+        health.queued(at(1));
+        assert_eq!(health.readyz(at(2)).status, 503);
+        assert_eq!(
+            health.livez(at(2)).status,
+            200,
+            "kube-proxy's rule: healthy while starting"
+        );
+        health.updated(at(3));
+        assert_eq!(health.readyz(at(4)).status, 200);
+        health.queued(at(5));
+        assert_eq!(
+            health.readyz(at(500)).status,
+            200,
+            "only the first sync counts"
+        );
+        assert_eq!(health.livez(at(500)).status, 503);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! kipvs' HTTP endpoints, as kube-proxy serves them: health (`/healthz`, `/livez`) on
-//! healthzBindAddress; `/metrics`, `/proxyMode` and `/healthz` on metricsBindAddress;
+//! kipvs' HTTP endpoints, as kube-proxy serves them: health (`/healthz`, `/livez`, and
+//! kipvs' `/readyz` for startup probes) on healthzBindAddress; `/metrics`, `/proxyMode` and `/healthz` on metricsBindAddress;
 //! one healthCheckNodePort server per Local-policy LoadBalancer ([`service_health`]).
 
 pub mod health;
@@ -71,7 +71,7 @@ fn count(
         .inc();
 }
 
-/// The health server's routes: `/healthz` and `/livez`.
+/// The health server's routes: `/healthz`, `/livez` and `/readyz`.
 pub fn health_router(shared: Arc<Shared>) -> Router {
     let healthz = {
         let shared = Arc::clone(&shared);
@@ -81,14 +81,20 @@ pub fn health_router(shared: Arc<Shared>) -> Router {
             json(answer)
         }
     };
-    let livez = move || async move {
-        let answer = shared.with_health(|h| h.livez(SystemTime::now()));
-        count(&shared.metrics.livez_total, answer.status);
-        json(answer)
+    let livez = {
+        let shared = Arc::clone(&shared);
+        move || async move {
+            let answer = shared.with_health(|h| h.livez(SystemTime::now()));
+            count(&shared.metrics.livez_total, answer.status);
+            json(answer)
+        }
     };
+    // Not counted: kube-proxy has no such endpoint, so no metric for it.
+    let readyz = move || async move { json(shared.with_health(|h| h.readyz(SystemTime::now()))) };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
 }
 
 /// The metrics server's routes: `/metrics`, `/proxyMode` (`ipvs`) and `/healthz` (`ok`).
@@ -164,6 +170,9 @@ mod tests {
         assert!(body.contains("\"nodeEligible\":true"), "{body}");
         let (status, _) = get(addr, "/livez").await;
         assert_eq!(status, 200);
+        assert_eq!(get(addr, "/readyz").await.0, 503, "no sync yet");
+        shared.with_health(|h| h.updated(SystemTime::now()));
+        assert_eq!(get(addr, "/readyz").await.0, 200);
         shared.with_health(|h| h.queued(SystemTime::now() - Duration::from_secs(61)));
         assert_eq!(get(addr, "/healthz").await.0, 503);
         assert_eq!(get(addr, "/livez").await.0, 503);
