@@ -322,6 +322,52 @@ fn a_restart_adopts_the_kernel_state_and_leaves_foreign_services_alone() {
 
 #[test]
 #[ignore = "kernel: run by tests/run"]
+fn exclude_cidrs_keep_unwanted_virtual_services_and_services_inside_are_still_programmed() {
+    let ns = node();
+    let dir = scratch("exclude");
+    // The example's ClusterIPs (10.96.0.1, 10.96.0.10, 10.96.10.20) and its NodePort
+    // address are all inside the excluded ranges.
+    let cfg = config_with(
+        &dir,
+        "30s",
+        ", excludeCIDRs: [10.96.0.0/16, 10.97.0.0/16, 192.168.1.0/24]",
+        "",
+    );
+    // What an earlier proxy left on kube-ipvs0: one virtual service in an excluded
+    // range, one outside; no Service wants either.
+    ns.sh("ip link add kube-ipvs0 type dummy
+           ip addr add 10.97.0.9/32 dev kube-ipvs0
+           ip addr add 10.98.0.9/32 dev kube-ipvs0
+           ipvsadm -A -t 10.97.0.9:80 -s rr
+           ipvsadm -a -t 10.97.0.9:80 -r 10.244.9.9:80 -m -w 1
+           ipvsadm -A -t 10.98.0.9:80 -s rr");
+    let state = repo_file("examples/cluster.yaml");
+    let out = run_once(&ns, &state, &cfg);
+    assert!(
+        out.status.success(),
+        "kipvs run --once failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut expected = sorted(EXAMPLE_IPVS);
+    expected.push("-A -t 10.97.0.9:80 -s rr".to_owned());
+    expected.push("-a -t 10.97.0.9:80 -r 10.244.9.9:80 -m -w 1".to_owned());
+    expected.sort();
+    assert_eq!(sorted(&ipvs(&ns)), expected);
+    // Addresses no Service wants leave kube-ipvs0, excluded or not, as in kube-proxy.
+    let addrs = ns.ip(&["-o", "addr", "show", "dev", "kube-ipvs0"]);
+    assert!(addrs.contains("10.96.0.1/32"), "{addrs}");
+    assert!(
+        !addrs.contains("10.97.0.9/") && !addrs.contains("10.98.0.9/"),
+        "{addrs}"
+    );
+    // A second run finds nothing to do and still leaves the excluded service alone.
+    let out = run_once(&ns, &state, &cfg);
+    assert!(out.status.success());
+    assert_eq!(sorted(&ipvs(&ns)), expected);
+}
+
+#[test]
+#[ignore = "kernel: run by tests/run"]
 fn drift_is_repaired_and_state_file_changes_applied_and_sigterm_keeps_the_rules() {
     let ns = node();
     let dir = scratch("daemon");

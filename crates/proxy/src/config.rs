@@ -23,8 +23,9 @@ pub struct Config {
     /// Flags for the default scheduler when a Service's annotations give none. `None`
     /// means kube-proxy's behaviour: `mh` gets `mh-port`, others nothing.
     pub scheduler_flags: Option<SchedulerFlags>,
-    /// Virtual services whose address falls in one of these are never created, changed
-    /// or deleted (`ipvs.excludeCIDRs`).
+    /// Virtual services whose address falls in one of these are never deleted or
+    /// changed unless a Service asks for them (`ipvs.excludeCIDRs`, as kube-proxy's
+    /// `cleanLegacyService` skips them); Services inside are programmed as usual.
     pub exclude_cidrs: Vec<IpNet>,
     /// Node addresses NodePorts listen on (`nodePortAddresses`); empty means every
     /// address of the node.
@@ -87,9 +88,6 @@ impl Config {
                 return false;
             }
         }
-        if self.is_excluded(addr) {
-            return false;
-        }
         if self.node_port_addresses.is_empty() {
             return true;
         }
@@ -116,8 +114,9 @@ mod tests {
         ];
         assert!(!c.is_node_port_address(&lo));
         assert!(c.is_node_port_address(&eth));
+        // excludeCIDRs only protects unwanted virtual services from deletion.
         c.exclude_cidrs = vec!["192.168.1.10/32".parse().unwrap()];
-        assert!(!c.is_node_port_address(&eth));
+        assert!(c.is_node_port_address(&eth));
     }
 
     #[test]

@@ -49,11 +49,6 @@ impl Observed {
         node: &Node,
         config: &Config,
     ) -> bool {
-        if let ServiceKey::Addr { addr, .. } = key {
-            if config.is_excluded(addr) {
-                return false;
-            }
-        }
         desired.virtual_service(key).is_some()
             || ownership::owns(
                 key,

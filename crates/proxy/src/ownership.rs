@@ -22,9 +22,10 @@
 //!    becomes kipvs' is removed by the next whole-cluster pass (verify).
 //!
 //! Never kipvs': firewall-mark services (kipvs creates none), anything whose address is
-//! in `excludeCIDRs` (not even when asked for), and any other virtual service — such as
-//! keepalived's on its VRRP addresses or one made by hand with ipvsadm. Destinations of
-//! a virtual service kipvs owns are all kipvs'.
+//! in `excludeCIDRs` that no Service asks for (kube-proxy's `cleanLegacyService` skips
+//! those ranges; a Service inside them is still programmed, by rule 3), and any other
+//! virtual service — such as keepalived's on its VRRP addresses or one made by hand with
+//! ipvsadm. Destinations of a virtual service kipvs owns are all kipvs'.
 //!
 //! For the record to stay true across crashes, executors add ipset members before they
 //! create virtual services and delete members only after deleting the services (the
@@ -47,9 +48,9 @@ const RECORD_SETS: [SetKind; 4] = [
 ];
 
 /// Whether kipvs owns the virtual service at `key`, given which addresses are bound on
-/// kube-ipvs0 (`is_bound`) and which ipset members exist (`is_recorded`). Keys the
-/// cluster currently asks for are kipvs' too; that is the planner's business, not
-/// this function's.
+/// kube-ipvs0 (`is_bound`) and which ipset members exist (`is_recorded`); never in
+/// `excludeCIDRs`. Keys the cluster currently asks for are kipvs' too, excluded or not;
+/// that is the planner's business, not this function's.
 pub fn owns(
     key: &ServiceKey,
     is_bound: impl Fn(&IpAddr) -> bool,

@@ -810,6 +810,28 @@ mod tests {
     }
 
     #[test]
+    fn a_wanted_service_in_exclude_cidrs_is_programmed_and_an_unwanted_one_left_alone() {
+        let mut w = web();
+        w.config.exclude_cidrs = vec!["10.96.0.0/16".parse().unwrap()];
+        let stale = kernel_service(
+            tcp("10.96.5.5", 80),
+            Scheduler::RoundRobin,
+            &[("10.244.9.9", 80, 1, 0)],
+        );
+        w.observed.table.services = vec![stale.clone()];
+        w.observed.addresses.insert(ip("10.96.5.5"));
+        let p = w.step(0);
+        assert_eq!(
+            w.weights(&tcp("10.96.0.10", 80)),
+            vec![("10.244.1.5".to_owned(), 1), ("10.244.2.5".to_owned(), 1)]
+        );
+        assert!(w.observed.table.services.contains(&stale));
+        // As kube-proxy: addresses no Service wants leave kube-ipvs0, excluded or not.
+        assert_eq!(p.unbinds, vec![ip("10.96.5.5")]);
+        assert!(w.step(1).is_empty());
+    }
+
+    #[test]
     fn a_stale_node_port_on_a_node_address_is_deleted_by_its_record() {
         let mut w = World::new();
         w.observed.table.services = vec![kernel_service(

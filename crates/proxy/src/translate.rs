@@ -14,7 +14,9 @@
 //!   for every bound address.
 //!
 //! Each virtual service carries its owner (`namespace/name:port`). Every destination is
-//! NAT (`Masq`) with weight 1. Virtual services in `excludeCIDRs` are left out.
+//! NAT (`Masq`) with weight 1. `excludeCIDRs` does not matter here: as in kube-proxy, a
+//! Service inside those ranges is programmed like any other (the ranges only protect
+//! virtual services no Service asks for from deletion, see [`crate::ownership`]).
 //!
 //! Destinations follow kube-proxy's ipvs mode (`syncEndpoint` with `CategorizeEndpoints`):
 //! a virtual service under a Local policy gets this node's endpoints, and when this node
@@ -343,19 +345,10 @@ impl Translation<'_> {
         }
     }
 
-    /// Adds a virtual service unless its key is taken or excluded. Returns whether it
-    /// was added.
+    /// Adds a virtual service unless this Service already asked for its key. Returns
+    /// whether it was added.
     fn virtual_service(&mut self, vs: VirtualService) -> bool {
         let key = vs.service.key;
-        if let ServiceKey::Addr { addr, .. } = key {
-            if self.config.is_excluded(&addr) {
-                self.warn(
-                    Reason::Skipped,
-                    format!("{key} is in excludeCIDRs; not programmed"),
-                );
-                return false;
-            }
-        }
         if self.keys.contains(&key) {
             self.warn(
                 Reason::Conflict,
@@ -1132,17 +1125,34 @@ mod tests {
     }
 
     #[test]
-    fn addresses_in_exclude_cidrs_are_not_programmed_and_the_service_is_warned() {
+    fn services_in_exclude_cidrs_are_programmed_like_any_other() {
         let mut raw = raw_service("web", "10.96.0.10");
+        raw.service_type = Some("NodePort".into());
+        raw.ports = vec![port("http", "TCP", 80, Some(30080))];
         raw.external_ips = vec!["203.0.113.5".into()];
         let config = Config {
-            exclude_cidrs: vec!["203.0.113.0/24".parse().unwrap()],
+            exclude_cidrs: vec![
+                "203.0.113.0/24".parse().unwrap(),
+                "10.96.0.0/16".parse().unwrap(),
+                "192.168.1.0/24".parse().unwrap(),
+            ],
             ..Config::default()
         };
-        let st = run(raw, &[], &config);
-        assert_eq!(keys(&st), vec!["TCP 10.96.0.10:80"]);
-        assert_eq!(st.addresses, vec![ip("10.96.0.10")]);
-        assert_eq!(st.warnings[0].reason, Reason::Skipped);
+        let st = run(raw, &two_endpoints(), &config);
+        assert_eq!(
+            keys(&st),
+            vec![
+                "TCP 10.96.0.10:80",
+                "TCP 203.0.113.5:80",
+                "TCP 192.168.1.10:30080"
+            ]
+        );
+        assert!(st
+            .virtual_services
+            .iter()
+            .all(|v| v.destinations.len() == 2));
+        assert_eq!(st.addresses, vec![ip("10.96.0.10"), ip("203.0.113.5")]);
+        assert!(st.warnings.is_empty(), "{:?}", st.warnings);
     }
 
     #[test]

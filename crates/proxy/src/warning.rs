@@ -55,7 +55,8 @@ pub enum Reason {
     InvalidAnnotation,
     /// Two Services (or two ports of one) ask for the same virtual service.
     Conflict,
-    /// A virtual service was left out on purpose (excludeCIDRs, address family).
+    /// A virtual service was left out on purpose (an address without a ClusterIP of its
+    /// family).
     Skipped,
 }
 
