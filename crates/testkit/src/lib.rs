@@ -157,6 +157,17 @@ impl Default for Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // A test that failed half-way leaves its servers running; a process inside keeps
+        // the namespace, its IPVS services and so the ip_vs module alive after `ip netns
+        // del`, and later tests (the module unload of kernel_errors) wait for it in vain.
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                "pids=$(ip netns pids \"$1\"); [ -z \"$pids\" ] || kill -9 $pids",
+                "sh",
+                &self.name,
+            ])
+            .output();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
