@@ -59,6 +59,15 @@ pub struct RunArgs {
     /// --services` (default: $KIPVS_OWNERS_FILE, else /run/kipvs/owners.json).
     #[arg(long, value_name = "FILE")]
     pub owners_file: Option<PathBuf>,
+    /// kipvs' own: delete a leaving TCP endpoint after it has drained this long (Go
+    /// duration: 15m, 1h30m) even with connections left. Default: as kube-proxy, wait
+    /// until its connections end, however long.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Option<std::time::Duration>,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::config::duration::parse_go_duration(text).map_err(|e| e.to_string())
 }
 
 /// Options of `kipvs cleanup`.

@@ -83,6 +83,53 @@ fn a_terminating_pod_keeps_its_open_connection_gets_no_new_ones_and_goes_once_dr
 
 #[test]
 #[ignore = "kernel: run by tests/run"]
+fn with_the_opt_in_drain_timeout_a_busy_destination_goes_after_that_long() {
+    let c = {
+        let mut c = Cluster::with_sync_period("drainbound", "2s", "");
+        c.add_pods("web", 2);
+        c.add_pod("caller", NODE);
+        c
+    };
+    let (web0, web1, caller) = (c.pod(0), c.pod(1), c.pod(2));
+    let mut svc = Service::cluster_ip("web", "10.96.0.51", 80, &[web0, web1]);
+    c.apply(&[svc.clone()]);
+    c.start_with(&["--drain-timeout", "10s"]);
+    let vip = addr("10.96.0.51", 80);
+
+    let mut long = Conn::open(&caller.ns, None, vip).unwrap();
+    let owner = long.ask().unwrap().pod;
+    let leaving = if owner == web0.name { web0 } else { web1 };
+    let staying = if owner == web0.name { web1 } else { web0 };
+    svc.endpoints = vec![Endpoint::ready(staying)];
+    c.apply(&[svc]);
+    let tcp_vs = "TCP  10.96.0.51:80";
+    let dest = format!("{}:8080", leaving.ip);
+    wait_for("weight 0", Duration::from_secs(60), || {
+        dest_line(&c.ipvsadm(), tcp_vs, &dest)
+            .is_some_and(|l| l.split_whitespace().nth(3) == Some("0"))
+    });
+    let quiesced = std::time::Instant::now();
+    // The connection stays open and busy, yet the destination goes once the bound
+    // (10 s) has passed, not before.
+    while dest_line(&c.ipvsadm(), tcp_vs, &dest).is_some() {
+        assert!(
+            quiesced.elapsed() < Duration::from_secs(60),
+            "the busy destination outlived the drain timeout"
+        );
+        let _ = long.ask();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let drained = quiesced.elapsed();
+    eprintln!("busy destination deleted {drained:?} after weight 0");
+    assert!(
+        drained >= Duration::from_secs(5),
+        "deleted after {drained:?}, before the 10 s bound"
+    );
+    assert_eq!(tcp(&caller.ns, vip).unwrap().pod, staying.name);
+}
+
+#[test]
+#[ignore = "kernel: run by tests/run"]
 fn the_next_datagram_after_a_udp_endpoint_goes_reaches_a_live_pod() {
     let mut c = Cluster::new("udp-gone", "");
     c.add_pods("dns", 2);

@@ -163,7 +163,7 @@ fn main() {
         )
     });
     let (rss1, _) = rss_kib();
-    let mut drain = kipvs_proxy::Drain::new(Duration::from_secs(900));
+    let mut drain = kipvs_proxy::Drain::new(None);
     let (pure, pure_time) = timed(|| {
         kipvs_proxy::plan(
             &desired,

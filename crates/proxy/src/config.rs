@@ -12,9 +12,6 @@ use kipvs_ipvs::{Family, Scheduler};
 
 use crate::annotations::SchedulerFlags;
 
-/// How long a leaving TCP destination may drain before it is deleted anyway.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
-
 /// The configuration of the core.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -39,9 +36,10 @@ pub struct Config {
     pub cluster_cidrs: Vec<IpNet>,
     /// Address families kipvs programs.
     pub families: Vec<Family>,
-    /// How long a leaving TCP destination drains at weight 0 before it is deleted even
-    /// with connections left.
-    pub drain_timeout: Duration,
+    /// How long a leaving TCP destination may drain at weight 0 before it is deleted
+    /// even with connections left. `None` (the default, kube-proxy's behaviour): until
+    /// its connections end, however long that takes.
+    pub drain_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -55,7 +53,7 @@ impl Default for Config {
             masquerade_bit: 14,
             cluster_cidrs: Vec::new(),
             families: vec![Family::V4, Family::V6],
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            drain_timeout: None,
         }
     }
 }

@@ -1,11 +1,15 @@
 //! Graceful termination of destinations that leave.
 //!
 //! A TCP destination that is no longer wanted is first set to weight 0 (no new
-//! connections) and deleted once its active + inactive connections reach 0, or when it
-//! has drained for the configured timeout; one known to be idle is deleted at once. UDP and SCTP destinations are deleted at once,
-//! and the Plan asks for their stale conntrack entries to be flushed (otherwise DNS over
-//! UDP is black-holed for minutes). A destination that becomes wanted again simply gets
-//! its weight back; so does a weight-0 destination found after a restart.
+//! connections) and deleted once its active + inactive connections reach 0, however
+//! long that takes, as kube-proxy does; one known to be idle is deleted at once. An
+//! optional drain timeout (kipvs' own, off by default) deletes it after that long
+//! even with connections left. Draining destinations are looked at again at least every
+//! [`DRAIN_CHECK_INTERVAL`], kube-proxy's check interval. UDP and SCTP destinations are
+//! deleted at once, and the Plan asks for their stale conntrack entries to be flushed
+//! (otherwise DNS over UDP is black-holed for minutes). A destination that becomes
+//! wanted again simply gets its weight back; so does a weight-0 destination found after
+//! a restart.
 //!
 //! Time is passed in as a [`Moment`]; the core never reads a clock. Connection counts
 //! come from a kernel dump: counts the core has not seen since it changed a destination
@@ -17,6 +21,10 @@ use std::time::Duration;
 use kipvs_ipvs::{ConnCounters, Protocol, ServiceKey};
 
 use crate::hash::HashMap;
+
+/// How long a draining destination may go without its connection counts being read
+/// again: kube-proxy checks its graceful-termination list every minute.
+pub const DRAIN_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A point in time: the time since an origin the caller chooses (say, process start).
 /// Only differences between moments matter.
@@ -64,21 +72,29 @@ type DestId = (ServiceKey, IpAddr, u16);
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Drain {
     since: HashMap<DestId, Moment>,
-    timeout: Duration,
+    timeout: Option<Duration>,
+    checked: Option<Moment>,
 }
 
 impl Drain {
-    /// Tracks draining destinations, deleting them after `timeout` at the latest.
-    pub fn new(timeout: Duration) -> Self {
+    /// Tracks draining destinations until their connections end; with a `timeout`,
+    /// deletes them after that long at the latest.
+    pub fn new(timeout: Option<Duration>) -> Self {
         Drain {
             since: HashMap::default(),
             timeout,
+            checked: None,
         }
     }
 
-    /// Changes the drain timeout.
-    pub fn set_timeout(&mut self, timeout: Duration) {
+    /// Changes the drain timeout (`None`: drain until the connections end).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
         self.timeout = timeout;
+    }
+
+    /// Notes that fresh connection counts were looked at `now`.
+    pub(crate) fn checked(&mut self, now: Moment) {
+        self.checked = Some(now);
     }
 
     /// Number of destinations draining.
@@ -91,9 +107,17 @@ impl Drain {
         self.since.is_empty()
     }
 
-    /// When the first draining destination reaches its timeout.
+    /// When draining destinations must be looked at again: [`DRAIN_CHECK_INTERVAL`]
+    /// after the last fresh counts (or after the first started draining), or when the
+    /// first reaches the timeout, whichever comes first. `None` when nothing drains.
     pub fn next_deadline(&self) -> Option<Moment> {
-        self.since.values().min().map(|m| m.after(self.timeout))
+        let first = *self.since.values().min()?;
+        let check = self.checked.map_or(first, |c| c.max(first));
+        let check = check.after(DRAIN_CHECK_INTERVAL);
+        Some(match self.timeout {
+            Some(t) => check.min(first.after(t)),
+            None => check,
+        })
     }
 
     /// Decides the fate of an unwanted destination with weight `weight` and connection
@@ -119,7 +143,7 @@ impl Drain {
             return Decision::Quiesce;
         }
         let since = *self.since.entry(id).or_insert(now);
-        if idle || now >= since.after(self.timeout) {
+        if idle || self.timeout.is_some_and(|t| now >= since.after(t)) {
             self.since.remove(&id);
             Decision::Delete
         } else {
@@ -174,18 +198,20 @@ mod tests {
 
     #[test]
     fn a_leaving_tcp_destination_is_quiesced_first() {
-        let mut d = Drain::new(Duration::from_secs(60));
+        let mut d = Drain::new(Some(Duration::from_secs(600)));
         assert_eq!(
             d.decide(id(), Protocol::Tcp, 1, busy(), Moment::from_secs(0)),
             Decision::Quiesce
         );
         assert_eq!(d.len(), 1);
         assert_eq!(d.next_deadline(), Some(Moment::from_secs(60)));
+        d.set_timeout(Some(Duration::from_secs(30)));
+        assert_eq!(d.next_deadline(), Some(Moment::from_secs(30)));
     }
 
     #[test]
     fn a_draining_destination_is_deleted_when_its_connections_end() {
-        let mut d = Drain::new(Duration::from_secs(60));
+        let mut d = Drain::new(Some(Duration::from_secs(600)));
         d.decide(id(), Protocol::Tcp, 1, busy(), Moment::from_secs(0));
         assert_eq!(
             d.decide(id(), Protocol::Tcp, 0, busy(), Moment::from_secs(10)),
@@ -205,22 +231,22 @@ mod tests {
     }
 
     #[test]
-    fn a_draining_destination_is_deleted_after_the_timeout() {
-        let mut d = Drain::new(Duration::from_secs(60));
+    fn a_draining_destination_is_deleted_after_an_opt_in_timeout() {
+        let mut d = Drain::new(Some(Duration::from_secs(600)));
         d.decide(id(), Protocol::Tcp, 1, busy(), Moment::from_secs(0));
         assert_eq!(
-            d.decide(id(), Protocol::Tcp, 0, busy(), Moment::from_secs(59)),
+            d.decide(id(), Protocol::Tcp, 0, busy(), Moment::from_secs(599)),
             Decision::Keep
         );
         assert_eq!(
-            d.decide(id(), Protocol::Tcp, 0, busy(), Moment::from_secs(60)),
+            d.decide(id(), Protocol::Tcp, 0, busy(), Moment::from_secs(600)),
             Decision::Delete
         );
     }
 
     #[test]
     fn a_leaving_destination_known_to_be_idle_is_deleted_at_once() {
-        let mut d = Drain::new(Duration::from_secs(60));
+        let mut d = Drain::new(Some(Duration::from_secs(600)));
         let idle = Some(ConnCounters::default());
         assert_eq!(
             d.decide(id(), Protocol::Tcp, 1, idle, Moment::from_secs(0)),
@@ -231,7 +257,7 @@ mod tests {
 
     #[test]
     fn unknown_connection_counts_never_delete_before_the_timeout() {
-        let mut d = Drain::new(Duration::from_secs(60));
+        let mut d = Drain::new(Some(Duration::from_secs(600)));
         d.decide(id(), Protocol::Tcp, 1, None, Moment::from_secs(0));
         assert_eq!(
             d.decide(id(), Protocol::Tcp, 0, None, Moment::from_secs(30)),
@@ -241,17 +267,44 @@ mod tests {
 
     #[test]
     fn a_weight_zero_destination_found_after_a_restart_starts_draining_now() {
-        let mut d = Drain::new(Duration::from_secs(60));
+        let mut d = Drain::new(Some(Duration::from_secs(600)));
         assert_eq!(
             d.decide(id(), Protocol::Tcp, 0, busy(), Moment::from_secs(500)),
             Decision::Keep
         );
         assert_eq!(d.next_deadline(), Some(Moment::from_secs(560)));
+        d.checked(Moment::from_secs(530));
+        assert_eq!(d.next_deadline(), Some(Moment::from_secs(590)));
+    }
+
+    #[test]
+    fn without_a_timeout_a_busy_destination_drains_for_as_long_as_it_takes() {
+        let mut d = Drain::new(None);
+        d.decide(id(), Protocol::Tcp, 1, busy(), Moment::from_secs(0));
+        let a_week = 7 * 24 * 3600;
+        assert_eq!(
+            d.decide(id(), Protocol::Tcp, 0, busy(), Moment::from_secs(a_week)),
+            Decision::Keep
+        );
+        // Still looked at every minute after the last fresh counts.
+        d.checked(Moment::from_secs(a_week));
+        assert_eq!(d.next_deadline(), Some(Moment::from_secs(a_week + 60)));
+        assert_eq!(
+            d.decide(
+                id(),
+                Protocol::Tcp,
+                0,
+                Some(ConnCounters::default()),
+                Moment::from_secs(a_week + 60)
+            ),
+            Decision::Delete
+        );
+        assert_eq!(d.next_deadline(), None);
     }
 
     #[test]
     fn udp_and_sctp_destinations_are_deleted_at_once_with_a_flush() {
-        let mut d = Drain::new(Duration::from_secs(60));
+        let mut d = Drain::new(Some(Duration::from_secs(600)));
         for p in [Protocol::Udp, Protocol::Sctp] {
             assert_eq!(
                 d.decide(id(), p, 1, busy(), Moment::from_secs(0)),

@@ -177,7 +177,7 @@ pub fn plan(
 /// member of those sets. Foreign services stay. Running it on its own result plans
 /// nothing.
 pub fn cleanup(observed: &Observed, node: &Node, config: &Config) -> Plan {
-    let mut drain = Drain::new(std::time::Duration::ZERO);
+    let mut drain = Drain::new(Some(std::time::Duration::ZERO));
     let mut plan = plan(
         &Desired::new(),
         observed,
@@ -227,6 +227,9 @@ pub(crate) fn plan_full(
             .map(|v| v.destinations.len())
             .sum();
         plan.ipvs.reserve_exact(desired.len() + dests);
+    }
+    if scope.fresh_counters {
+        drain.checked(now);
     }
     plan_into(desired, kernel, &touched, scope, drain, now, &mut plan);
     // Forget destinations that were draining but are gone (deleted by hand, or their
@@ -459,7 +462,7 @@ mod tests {
                 services: vec![],
                 slices: vec![],
                 observed: Observed::default(),
-                drain: Drain::new(Duration::from_secs(600)),
+                drain: Drain::new(Some(Duration::from_secs(600))),
                 config: Config::default(),
                 node: node(),
             }
@@ -629,7 +632,8 @@ mod tests {
         let p = w.step(10);
         assert_eq!(names(&p), vec!["weight 10.244.2.5 0"]);
         assert!(p.conntrack.is_empty());
-        assert_eq!(p.next_check, Some(Moment::from_secs(610)));
+        // Looked at again a minute after these counts, as kube-proxy checks.
+        assert_eq!(p.next_check, Some(Moment::from_secs(70)));
         assert!(w.step(20).is_empty(), "still busy: keep draining");
         w.set_counters(&k, "10.244.2.5", 0);
         assert_eq!(names(&w.step(30)), vec!["delete dest 10.244.2.5"]);
@@ -650,6 +654,26 @@ mod tests {
         w.step(10);
         assert!(w.step(609).is_empty());
         assert_eq!(names(&w.step(610)), vec!["delete dest 10.244.2.5"]);
+    }
+
+    #[test]
+    fn by_default_a_busy_draining_destination_is_never_deleted() {
+        let mut w = web();
+        w.drain = Drain::new(Config::default().drain_timeout);
+        w.step(0);
+        let k = tcp("10.96.0.10", 80);
+        w.set_counters(&k, "10.244.2.5", 3);
+        w.slices = vec![slice(raw_slice(
+            "web",
+            "1",
+            vec![endpoint("10.244.1.5", "b")],
+        ))];
+        w.step(10);
+        let a_month = 30 * 24 * 3600;
+        let p = w.step(a_month);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(p.next_check, Some(Moment::from_secs(a_month + 60)));
+        assert_eq!(w.weights(&k).len(), 2);
     }
 
     #[test]
@@ -742,7 +766,7 @@ mod tests {
         for d in &mut w.observed.table.services[0].destinations {
             d.destination.weight = 0;
         }
-        let mut fresh = Drain::new(Duration::from_secs(600));
+        let mut fresh = Drain::new(Some(Duration::from_secs(600)));
         std::mem::swap(&mut w.drain, &mut fresh);
         let p = w.step(100);
         assert_eq!(

@@ -449,7 +449,7 @@ proptest! {
         let config = config(exclude);
         let desired = desired_of(&specs, &config);
         let before = observed_from(&kernel);
-        let mut drain = Drain::new(Duration::from_secs(600));
+        let mut drain = Drain::new(Some(Duration::from_secs(600)));
         let now = Moment::from_secs(1000);
         let p = plan(&desired, &before, &node(), &config, &mut drain, now);
         let mut after = before.clone();

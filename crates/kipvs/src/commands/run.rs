@@ -145,7 +145,9 @@ async fn run(args: &RunArgs, config: Config) -> Result<ExitCode, Failure> {
     };
     let addresses = local_addresses(LINK_NAME).unwrap_or_default();
     let node = kipvs_proxy::Node::new(node_name.clone()).with_addresses(addresses.iter().copied());
-    let proxier = Proxier::new(config.core(&addresses), node);
+    let mut core = config.core(&addresses);
+    core.drain_timeout = args.drain_timeout;
+    let proxier = Proxier::new(core, node);
     tracing::info!(node = %node_name, dry_run = args.dry_run, "kipvs starting");
 
     let events = recorder;

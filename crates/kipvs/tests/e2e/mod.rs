@@ -552,6 +552,13 @@ impl Cluster {
         self.spawn(&["--state".as_ref(), self.state.as_os_str()]);
     }
 
+    /// [`Cluster::start`] with more `kipvs run` flags.
+    pub fn start_with(&self, flags: &[&str]) {
+        let mut args = vec!["--state".as_ref(), self.state.as_os_str()];
+        args.extend(flags.iter().map(std::ffi::OsStr::new));
+        self.spawn(&args);
+    }
+
     /// Starts `kipvs run --kubeconfig KUBECONFIG` (an API server instead of the state
     /// file) and waits until the kernel holds what the state file plans: a test keeps
     /// both saying the same.
