@@ -77,17 +77,16 @@ fn main() {
         };
         sets.insert(SetKind::ClusterIp, member).unwrap();
     }
-    let specs = sets.specs();
 
     let ours = Netns::new();
     let (kipvs_sets, kipvs_noop) = {
         let _in = ours.enter();
         let start = Instant::now();
-        let report = ipset::sync_sets(&specs).unwrap();
+        let report = ipset::sync_sets(&sets).unwrap();
         let first = start.elapsed();
         assert_eq!(report.added, entries);
         let start = Instant::now();
-        assert!(!ipset::sync_sets(&specs).unwrap().changed);
+        assert!(!ipset::sync_sets(&sets).unwrap().changed);
         (first, start.elapsed())
     };
     let listed = ours.run_ok("ipset", &["list", "-t", "KUBE-CLUSTER-IP"]);
@@ -95,15 +94,6 @@ fn main() {
         listed.contains(&format!("Number of entries: {entries}")),
         "{listed}"
     );
-
-    // The same convergence through the ipset tool (ipset save + one ipset restore).
-    let tool = Netns::new();
-    let kipvs_tool = {
-        let _in = tool.enter();
-        let start = Instant::now();
-        assert_eq!(ipset::sync_sets_with_tool(&specs).unwrap().added, entries);
-        start.elapsed()
-    };
 
     let peer = Netns::new();
     let (hashsize, maxelem) = sizing(entries);
@@ -114,15 +104,13 @@ fn main() {
         restore.push_str(&format!("add KUBE-CLUSTER-IP {e}\n"));
     }
     let peer_sets = timed_stdin(&peer, "ipset", &["restore"], &restore);
-    drop((ours, tool, peer));
+    drop((ours, peer));
 
     let sets_ratio = ms(peer_sets) / ms(kipvs_sets);
     println!(
         "ipset: {entries} entries, one sync from empty: kipvs {:.1} ms (nfnetlink dump + diff + ADT batches), \
-         kipvs through the tool {:.1} ms (ipset save + diff + one ipset restore), \
          ipset restore alone {:.1} ms; a no-change kipvs sync {:.1} ms",
         ms(kipvs_sets),
-        ms(kipvs_tool),
         ms(peer_sets),
         ms(kipvs_noop)
     );

@@ -5,7 +5,7 @@
 //! The order matters: a set cannot be destroyed while a rule matches it.
 
 use kipvs_ipvs::Family;
-use kipvs_proxy::{SetKind, SetName};
+use kipvs_proxy::SetName;
 
 use crate::ipset::exec::destroy_sets;
 use crate::ipset::temp_name;
@@ -25,10 +25,10 @@ pub struct CleanupReport {
 }
 
 /// Every set name kipvs may have created: the catalog in both families, and the
-/// temporary sets used when regrowing one.
+/// temporary set used when regrowing one.
 pub fn own_set_names() -> Vec<String> {
     let mut names: Vec<String> = SetName::all().map(|set| set.to_string()).collect();
-    names.extend((0..SetKind::ALL.len()).map(temp_name));
+    names.push(temp_name());
     names
 }
 

@@ -40,7 +40,7 @@
 //! let mut sets = KubeSets::new(Family::V4);
 //! sets.insert(SetKind::ClusterIp, Member::IpPort { ip: vip, protocol: Protocol::Tcp, port: 80 })?;
 //! sets.insert(SetKind::IpvsIps, Member::Ip(vip))?;
-//! ipset::sync_sets(&sets.specs())?;
+//! ipset::sync_sets(&sets)?;
 //! let config = RuleConfig {
 //!     local_detector: LocalDetector::Cidr("10.244.0.0/16".parse()?),
 //!     random_fully: backend.random_fully(),

@@ -5,18 +5,28 @@
 //! (`/32`, `/128`) on the link; addresses of other prefix lengths (an IPv6 link-local,
 //! anything an operator added by hand) are foreign and left alone.
 //!
-//! [`plan_addresses`] decides (pure); [`VipLink`] carries it out.
+//! [`plan_addresses`] decides (pure); [`VipLink`] carries it out. Addresses are added
+//! and removed in batches, as the IPVS client sends its operations: many RTM_NEWADDR
+//! (or RTM_DELADDR) messages in one `sendmsg`, only the last of each chunk asking for
+//! an ACK (the kernel handles them in order and answers every failure anyway), so a
+//! chunk costs one round trip instead of one per address.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Mutex;
 
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::TryStreamExt;
 use ipnet::IpNet;
+use netlink_packet_core::{
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE,
+    NLM_F_EXCL, NLM_F_REQUEST,
+};
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo};
-use netlink_packet_route::AddressFamily;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 use rtnetlink::{Handle, LinkDummy, LinkUnspec};
 
 use crate::{Error, Result};
@@ -24,9 +34,12 @@ use crate::{Error, Result};
 /// The name kube-proxy gives the link.
 pub const DEFAULT_LINK: &str = "kube-ipvs0";
 
-/// How many address requests are in flight at once on the rtnetlink socket (each ACK
-/// takes ~0.75 KiB of the ~208 KiB default receive buffer: stay well below ENOBUFS).
-const IN_FLIGHT: usize = 128;
+/// Address requests per `sendmsg`. Every failure is answered (an error echoing the
+/// request, ~1 KiB of receive buffer each), so a chunk of failures must fit the
+/// receive buffer asked for below.
+const CHUNK: usize = 1024;
+/// Receive buffer asked for (forced when privileged): room for a whole chunk's errors.
+const RCVBUF: usize = 4 << 20;
 
 const EEXIST: i32 = 17;
 const ENODEV: i32 = 19;
@@ -82,12 +95,14 @@ pub struct AddressReport {
     pub removed: usize,
 }
 
-/// The VIP link, found or created, with an rtnetlink connection bound to the network
-/// namespace it was opened in.
+/// The VIP link, found or created, with rtnetlink sockets bound to the network
+/// namespace it was opened in: a connection for the link itself and address dumps, and
+/// a plain socket for batched address changes.
 #[derive(Debug)]
 pub struct VipLink {
     handle: Handle,
     connection: tokio::task::JoinHandle<()>,
+    batch: Mutex<AddressBatcher>,
     name: String,
     index: u32,
 }
@@ -141,6 +156,7 @@ impl VipLink {
         Ok(VipLink {
             handle,
             connection,
+            batch: Mutex::new(AddressBatcher::open()?),
             name: name.to_owned(),
             index,
         })
@@ -160,6 +176,7 @@ impl VipLink {
         Ok(Some(VipLink {
             handle,
             connection,
+            batch: Mutex::new(AddressBatcher::open()?),
             name: name.to_owned(),
             index,
         }))
@@ -238,47 +255,61 @@ impl VipLink {
         Ok(out)
     }
 
-    /// Binds each VIP as a host address (`/32`, `/128`; IPv6 without DAD). A VIP that
-    /// is already bound counts as success.
+    /// Binds each VIP as a host address (`/32`, `/128`; IPv6 without DAD), in
+    /// batches. A VIP that is already bound counts as success; returns how many were
+    /// bound by this call.
     ///
     /// # Errors
     /// The first address the kernel refuses; the others are still attempted.
     pub async fn add(&self, vips: &[IpAddr]) -> Result<usize> {
-        self.for_each(vips, |vip| {
-            let message = address_message(self.index, vip);
-            let request = self.handle.address().add(self.index, vip, host_prefix(vip));
-            async move {
-                let mut request = request;
-                *request.message_mut() = message;
-                match request.execute().await {
-                    Ok(()) => Ok(true),
-                    Err(e) if nl_errno(&e) == Some(EEXIST) => Ok(false),
-                    Err(e) => Err(e),
-                }
-            }
-        })
-        .await
-        .map_err(|(vip, e)| Error::netlink("add address", format!("{vip} on {}", self.name), e))
+        self.batched(Change::Add, vips, "add address")
     }
 
-    /// Removes each address (as a host address). One that is already gone counts as
-    /// success.
+    /// Removes each address (as a host address), in batches. One that is already gone
+    /// counts as success; returns how many were removed by this call.
     ///
     /// # Errors
     /// The first address the kernel refuses to remove; the others are still attempted.
     pub async fn remove(&self, vips: &[IpAddr]) -> Result<usize> {
-        self.for_each(vips, |vip| {
-            let request = self.handle.address().del(address_message(self.index, vip));
-            async move {
-                match request.execute().await {
-                    Ok(()) => Ok(true),
-                    Err(e) if matches!(nl_errno(&e), Some(EADDRNOTAVAIL | ENODEV)) => Ok(false),
-                    Err(e) => Err(e),
+        self.batched(Change::Remove, vips, "remove address")
+    }
+
+    fn batched(&self, change: Change, vips: &[IpAddr], op: &'static str) -> Result<usize> {
+        let mut batch = self
+            .batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut changed = 0;
+        let mut first_error = None;
+        for chunk in vips.chunks(CHUNK) {
+            let answers =
+                batch
+                    .round_trip(change, self.index, chunk)
+                    .map_err(|e| Error::Netlink {
+                        op,
+                        object: format!("{} addresses on {}", chunk.len(), self.name),
+                        errno: e.raw_os_error(),
+                        message: e.to_string(),
+                    })?;
+            for (vip, errno) in chunk.iter().zip(answers) {
+                match errno {
+                    None => changed += 1,
+                    Some(errno) if change.is_done(errno) => {}
+                    Some(errno) => {
+                        first_error.get_or_insert(Error::Netlink {
+                            op,
+                            object: format!("{vip} on {}", self.name),
+                            errno: Some(errno),
+                            message: std::io::Error::from_raw_os_error(errno).to_string(),
+                        });
+                    }
                 }
             }
-        })
-        .await
-        .map_err(|(vip, e)| Error::netlink("remove address", format!("{vip} on {}", self.name), e))
+        }
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(changed),
+        }
     }
 
     /// Makes the link's host addresses equal `desired`: binds the missing VIPs, removes
@@ -311,42 +342,129 @@ impl VipLink {
             Err(e) => Err(Error::netlink("delete link", self.name.clone(), e)),
         }
     }
+}
 
-    /// Runs `op` for every VIP with up to [`IN_FLIGHT`] requests outstanding; returns how
-    /// many did something, or the first failure once all have run.
-    async fn for_each<F, Fut>(
-        &self,
+/// An address change, as one rtnetlink request per address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Add,
+    Remove,
+}
+
+impl Change {
+    /// Whether the kernel's `errno` means the change was already made.
+    fn is_done(self, errno: i32) -> bool {
+        match self {
+            Change::Add => errno == EEXIST,
+            Change::Remove => errno == EADDRNOTAVAIL || errno == ENODEV,
+        }
+    }
+
+    fn message(self, index: u32, vip: IpAddr) -> (RouteNetlinkMessage, u16) {
+        let body = address_message(index, vip);
+        match self {
+            Change::Add => (
+                RouteNetlinkMessage::NewAddress(body),
+                NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL,
+            ),
+            Change::Remove => (RouteNetlinkMessage::DelAddress(body), NLM_F_REQUEST),
+        }
+    }
+}
+
+/// A plain rtnetlink socket that sends address changes a chunk at a time.
+#[derive(Debug)]
+struct AddressBatcher {
+    socket: Socket,
+    seq: u32,
+    tx: Vec<u8>,
+    rx: Vec<u8>,
+}
+
+impl AddressBatcher {
+    fn open() -> Result<AddressBatcher> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(Error::Socket)?;
+        socket.bind_auto().map_err(Error::Socket)?;
+        // Best effort: without privileges the kernel caps it, and a chunk of failures
+        // beyond it is reported as ENOBUFS.
+        let _ = socket.set_rx_buf_sz(RCVBUF);
+        Ok(AddressBatcher {
+            socket,
+            seq: std::process::id().wrapping_mul(0x9e37_79b9),
+            tx: Vec::with_capacity(CHUNK * 96),
+            rx: Vec::with_capacity(64 << 10),
+        })
+    }
+
+    /// Sends one request per address in `vips` in one `sendmsg`, the last asking for
+    /// an ACK, and returns each request's errno (`None`: done). The kernel handles the
+    /// requests in order and answers each failure, so once the last is answered every
+    /// request without an answer has succeeded.
+    fn round_trip(
+        &mut self,
+        change: Change,
+        index: u32,
         vips: &[IpAddr],
-        op: F,
-    ) -> std::result::Result<usize, (IpAddr, rtnetlink::Error)>
-    where
-        F: Fn(IpAddr) -> Fut,
-        Fut: std::future::Future<Output = std::result::Result<bool, rtnetlink::Error>>,
-    {
-        let results: Vec<_> = stream::iter(vips.iter().copied())
-            .map(|vip| {
-                let fut = op(vip);
-                async move { (vip, fut.await) }
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
-        let mut changed = 0;
-        let mut first_error = None;
-        for (vip, result) in results {
-            match result {
-                Ok(true) => changed += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    first_error.get_or_insert((vip, e));
+    ) -> std::io::Result<Vec<Option<i32>>> {
+        let base = self.seq;
+        let count = u32::try_from(vips.len()).unwrap_or(u32::MAX);
+        self.seq = self.seq.wrapping_add(count);
+        self.tx.clear();
+        for (i, vip) in (0u32..).zip(vips) {
+            let (body, mut flags) = change.message(index, *vip);
+            if i + 1 == count {
+                flags |= NLM_F_ACK;
+            }
+            let mut header = NetlinkHeader::default();
+            header.flags = flags;
+            header.sequence_number = base.wrapping_add(i);
+            let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(body));
+            message.finalize();
+            let start = self.tx.len();
+            self.tx.resize(start + message.buffer_len(), 0);
+            message.serialize(&mut self.tx[start..]);
+        }
+        self.socket.send(&self.tx, 0)?;
+        let mut answers = vec![None; vips.len()];
+        let last = count.wrapping_sub(1);
+        loop {
+            self.rx.clear();
+            self.socket.recv(&mut self.rx, 0)?;
+            let mut rest = &self.rx[..];
+            while !rest.is_empty() {
+                let Ok(buffer) = NetlinkBuffer::new_checked(rest) else {
+                    break;
+                };
+                let len = usize::try_from(buffer.length())
+                    .unwrap_or(rest.len())
+                    .min(rest.len());
+                let offset = buffer.sequence_number().wrapping_sub(base);
+                if let Ok(message) =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len])
+                {
+                    if let NetlinkPayload::Error(error) = message.payload {
+                        if let Some(slot) = usize::try_from(offset)
+                            .ok()
+                            .and_then(|i| answers.get_mut(i))
+                        {
+                            *slot = error.code.map(|code| -code.get());
+                        }
+                        if offset == last {
+                            return Ok(answers);
+                        }
+                    }
+                }
+                rest = &rest[netlink_align(len).min(rest.len())..];
+                if len == 0 {
+                    break;
                 }
             }
         }
-        match first_error {
-            Some(err) => Err(err),
-            None => Ok(changed),
-        }
     }
+}
+
+fn netlink_align(len: usize) -> usize {
+    (len + 3) & !3
 }
 
 /// An RTM_NEWADDR / RTM_DELADDR body for a host address on link `index`.

@@ -156,7 +156,7 @@ fn ipsets_converge_by_diff_grow_past_their_size_and_leave_foreign_sets_alone() {
     }
     sets.insert(SetKind::NodePortTcp, Member::Port(30080))
         .unwrap();
-    let report = ipset::sync_sets(&sets.specs()).unwrap();
+    let report = ipset::sync_sets(&sets).unwrap();
     assert!(report.changed);
     assert_eq!(report.swapped, 1, "{report:?}");
     let list = ns.run_ok("ipset", &["list", "KUBE-CLUSTER-IP"]);
@@ -172,7 +172,7 @@ fn ipsets_converge_by_diff_grow_past_their_size_and_leave_foreign_sets_alone() {
     assert!(!names.contains("KIPVS-TMP"), "{names}");
 
     // Nothing differs: no restore.
-    assert!(!ipset::sync_sets(&sets.specs()).unwrap().changed);
+    assert!(!ipset::sync_sets(&sets).unwrap().changed);
 
     // Only the difference is written.
     let mut next = KubeSets::new(Family::V4);
@@ -180,7 +180,7 @@ fn ipsets_converge_by_diff_grow_past_their_size_and_leave_foreign_sets_alone() {
         next.insert(SetKind::ClusterIp, tcp(ip("10.96.0.1"), port))
             .unwrap();
     }
-    let report = ipset::sync_sets(&next.specs()).unwrap();
+    let report = ipset::sync_sets(&next).unwrap();
     assert_eq!(
         (report.added, report.deleted, report.created),
         (2, 5, 0),
@@ -202,25 +202,10 @@ fn ipsets_converge_by_diff_grow_past_their_size_and_leave_foreign_sets_alone() {
 
     // IPv6 sets live beside the IPv4 ones.
     let v6 = service_sets(Family::V6, "fd00:96::10", "fd00:244::2");
-    ipset::sync_sets(&v6.specs()).unwrap();
+    ipset::sync_sets(&v6).unwrap();
     let list = ns.run_ok("ipset", &["list", "KUBE-6-LOOP-BACK"]);
     assert!(list.contains("family inet6"), "{list}");
     assert!(list.contains("fd00:244::2,tcp:8080,fd00:244::2"), "{list}");
-}
-
-#[test]
-#[ignore = "kernel: run by tests/run"]
-fn the_ipset_tool_path_converges_the_same_way_with_one_restore() {
-    let ns = Netns::new();
-    let _in = ns.enter();
-    let sets = service_sets(Family::V4, "10.96.0.10", "10.244.1.2");
-    let report = ipset::sync_sets_with_tool(&sets.specs()).unwrap();
-    assert_eq!((report.created, report.added), (17, 4), "{report:?}");
-    assert!(!ipset::sync_sets_with_tool(&sets.specs()).unwrap().changed);
-    // Both paths read the kernel the same way: nothing left to do for either.
-    assert!(!ipset::sync_sets(&sets.specs()).unwrap().changed);
-    let list = ns.run_ok("ipset", &["list", "KUBE-LOOP-BACK"]);
-    assert!(list.contains("10.244.1.2,tcp:8080,10.244.1.2"), "{list}");
 }
 
 fn rules(sets: &KubeSets, detector: LocalDetector) -> RuleSpec {
@@ -241,7 +226,7 @@ fn iptables_rules_are_written_once_and_rewritten_only_when_they_change() {
     let _in = ns.enter();
     ns.sh("iptables -N FOREIGN && iptables -A FOREIGN -j ACCEPT && iptables -A INPUT -j FOREIGN");
     let sets = service_sets(Family::V4, "10.96.0.10", "10.244.1.2");
-    ipset::sync_sets(&sets.specs()).unwrap();
+    ipset::sync_sets(&sets).unwrap();
     let ipt = Iptables::new(Backend::Nft, Family::V4);
     let spec = rules(&sets, LocalDetector::Cidr("10.244.0.0/16".parse().unwrap()));
     assert!(ipt.sync(&spec).unwrap(), "the first sync writes");
@@ -278,7 +263,7 @@ fn iptables_rules_are_written_once_and_rewritten_only_when_they_change() {
 
     // IPv6 goes through ip6tables, matching the KUBE-6- sets.
     let v6 = service_sets(Family::V6, "fd00:96::10", "fd00:244::2");
-    ipset::sync_sets(&v6.specs()).unwrap();
+    ipset::sync_sets(&v6).unwrap();
     let ip6t = Iptables::new(Backend::Nft, Family::V6);
     let spec6 = rules(&v6, LocalDetector::Cidr("fd00:244::/64".parse().unwrap()));
     assert!(ip6t.sync(&spec6).unwrap());
@@ -312,8 +297,8 @@ fn cleanup_removes_exactly_what_kipvs_created() {
         link.converge(&ips(&["10.96.0.10", "fd00:96::10"]))
             .await
             .unwrap();
-        ipset::sync_sets(&sets.specs()).unwrap();
-        ipset::sync_sets(&v6.specs()).unwrap();
+        ipset::sync_sets(&sets).unwrap();
+        ipset::sync_sets(&v6).unwrap();
         Iptables::new(Backend::Nft, Family::V4)
             .sync(&rules(&sets, LocalDetector::None))
             .unwrap();
@@ -494,7 +479,7 @@ fn traffic_to_vips_on_the_down_link_reaches_a_local_ipvs_service_over_ipv4_and_i
     // ...until the rules are in: KUBE-IPVS-FILTER rejects it, the Service still works,
     // and traffic from outside the cluster CIDR is masqueraded.
     let sets = service_sets(Family::V4, "10.96.0.10", "10.244.1.2");
-    ipset::sync_sets(&sets.specs()).unwrap();
+    ipset::sync_sets(&sets).unwrap();
     let spec = rules(&sets, LocalDetector::Cidr("10.244.0.0/16".parse().unwrap()));
     assert!(Iptables::new(Backend::Nft, Family::V4).sync(&spec).unwrap());
     let refused = connect(&t.client, Family::V4, "10.96.0.10:2222");
@@ -505,7 +490,7 @@ fn traffic_to_vips_on_the_down_link_reaches_a_local_ipvs_service_over_ipv4_and_i
     );
 
     let v6 = service_sets(Family::V6, "fd00:96::10", "fd00:244::2");
-    ipset::sync_sets(&v6.specs()).unwrap();
+    ipset::sync_sets(&v6).unwrap();
     let spec6 = rules(&v6, LocalDetector::Cidr("fd00:244::/64".parse().unwrap()));
     assert!(Iptables::new(Backend::Nft, Family::V6)
         .sync(&spec6)
@@ -558,7 +543,7 @@ fn load_balancer_source_ranges_admit_listed_clients_and_drop_the_others() {
             net: allowed.parse::<ipnet::IpNet>().unwrap().trunc(),
         };
         sets.insert(SetKind::LoadBalancerSourceCidr, range).unwrap();
-        ipset::sync_sets(&sets.specs()).unwrap();
+        ipset::sync_sets(&sets).unwrap();
         let spec = rules(&sets, LocalDetector::Cidr("10.244.0.0/16".parse().unwrap()));
         Iptables::new(Backend::Nft, Family::V4).sync(&spec).unwrap();
     };
@@ -618,7 +603,7 @@ fn a_pod_reaches_itself_through_its_service_thanks_to_the_loop_back_masquerade()
         (Family::V6, "fd00:96::10", "fd00:244::2", "fd00:244::/64"),
     ] {
         let sets = service_sets(family, vip, pod);
-        ipset::sync_sets(&sets.specs()).unwrap();
+        ipset::sync_sets(&sets).unwrap();
         let spec = rules(&sets, LocalDetector::Cidr(detect.parse().unwrap()));
         Iptables::new(Backend::Nft, family).sync(&spec).unwrap();
     }

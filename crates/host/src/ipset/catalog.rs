@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use kipvs_ipvs::Family;
 use kipvs_proxy::{Member, SetKind, SetName};
 
-use super::model::SetSpec;
 use crate::{Error, Result};
+
+static EMPTY: BTreeSet<Member> = BTreeSet::new();
 
 /// The members of every kube-proxy set, for one address family: what [`super::sync_sets`]
 /// and [`crate::iptables::RuleSpec`] read.
@@ -65,17 +66,11 @@ impl KubeSets {
 
     /// Every kube-proxy set for this family, with its members (empty ones included:
     /// kube-proxy creates them all).
-    pub fn specs(&self) -> Vec<SetSpec> {
-        SetKind::ALL
-            .iter()
-            .map(|&kind| {
-                let members = self.members.get(&kind).cloned().unwrap_or_default();
-                let name = SetName::new(kind, self.family);
-                // Members were checked on insert; names and types are the core's constants.
-                SetSpec::try_new(name.to_string(), kind.set_type(), self.family, members)
-                    .unwrap_or_else(|e| unreachable!("catalog set is valid: {e}"))
-            })
-            .collect()
+    pub fn sets(&self) -> impl Iterator<Item = (SetName, &BTreeSet<Member>)> {
+        SetKind::ALL.iter().map(|&kind| {
+            let members = self.members.get(&kind).unwrap_or(&EMPTY);
+            (SetName::new(kind, self.family), members)
+        })
     }
 }
 
@@ -98,18 +93,16 @@ mod tests {
         assert!(sets
             .insert(SetKind::IpvsIps, Member::Ip("fd00::1".parse().unwrap()))
             .is_err());
-        let specs = sets.specs();
-        assert_eq!(specs.len(), SetKind::ALL.len());
+        assert_eq!(sets.sets().count(), SetKind::ALL.len());
         assert!(!sets.is_empty(SetKind::ClusterIp));
         assert!(sets.is_empty(SetKind::LoopBack));
     }
 
     #[test]
-    fn ipv6_specs_carry_the_cores_cut_names() {
+    fn ipv6_sets_carry_the_cores_cut_names() {
         let names: Vec<String> = KubeSets::new(Family::V6)
-            .specs()
-            .iter()
-            .map(|s| s.name().to_owned())
+            .sets()
+            .map(|(set, _)| set.to_string())
             .collect();
         assert!(names.contains(&"KUBE-6-LOAD-BALANCER-SOURCE-CID".to_owned()));
         assert!(names.iter().all(|n| n.len() <= SetName::MAX_LEN));

@@ -53,6 +53,7 @@ const ATTR_PORT_TO: u16 = 5;
 const ATTR_PROTO: u16 = 7;
 const ATTR_HASHSIZE: u16 = 18;
 const ATTR_MAXELEM: u16 = 19;
+const ATTR_ELEMENTS: u16 = 24;
 const ATTR_IP2: u16 = 20;
 const ATTR_CIDR2: u16 = 21;
 // Inside ATTR_IP / ATTR_IP2.
@@ -436,17 +437,21 @@ pub fn decode_list(
         Some(NFPROTO_IPV6) => Some(Family::V6),
         _ => None,
     };
-    let maxelem = find(body, ATTR_DATA)
-        .and_then(|d| find(d, ATTR_MAXELEM))
-        .and_then(be_u32);
+    let header = find(body, ATTR_DATA);
+    let maxelem = header.and_then(|d| find(d, ATTR_MAXELEM)).and_then(be_u32);
+    let entries = header.and_then(|d| find(d, ATTR_ELEMENTS)).and_then(be_u32);
     let set = sets.entry(name.clone()).or_insert_with(|| ObservedSet {
         set_type,
         family,
         maxelem,
+        entries: 0,
         members: Default::default(),
     });
     if set.maxelem.is_none() {
         set.maxelem = maxelem;
+    }
+    if let Some(entries) = entries {
+        set.entries = usize::try_from(entries).unwrap_or(usize::MAX);
     }
     if let (Some(set_type), true, Some(adt)) = (set.set_type, wanted(&name), find(body, ATTR_ADT)) {
         for (ty, data) in attrs(adt) {

@@ -30,12 +30,13 @@ fn errno_message(errno: i32) -> String {
     // ipset's own codes (IPSET_ERR_*) start at 4096.
     match errno {
         4097 => "protocol error".to_owned(),
-        4098 => "set does not exist".to_owned(),
+        ERR_MISSING => "set does not exist".to_owned(),
         4099 => "set already exists with different parameters".to_owned(),
         4100 => "set type not supported".to_owned(),
         4102 => "set is in use by a kernel component".to_owned(),
         4103 => "sets are not compatible for swap".to_owned(),
-        4353 => "set is full (maxelem reached)".to_owned(),
+        ERR_FULL => "set is full (maxelem reached)".to_owned(),
+        4353 => "member does not fit the set's type".to_owned(),
         e => std::io::Error::from_raw_os_error(e).to_string(),
     }
 }
@@ -159,15 +160,40 @@ impl IpsetSocket {
         self.exchange(&req, seq, op, object).map(drop)
     }
 
-    /// Carries out `ops` in order. Runs of adds (or deletes) to one set go out as ADT
-    /// batches; adding a member already there, or deleting one already gone, is success.
+    /// One set and its members, or `None` when no such set exists.
+    ///
+    /// # Errors
+    /// When the dump fails or a member cannot be decoded.
+    pub fn list_set(&mut self, name: &str) -> Result<Option<ObservedSet>> {
+        let seq = self.next_seq();
+        let req = Request::new(Cmd::List, NLM_F_REQUEST | NLM_F_DUMP, seq)
+            .set_name(name)
+            .finish();
+        let replies = match self.exchange(&req, seq, "list", name) {
+            Ok(replies) => replies,
+            Err(err) if err.errno().is_some_and(is_missing) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let mut sets = BTreeMap::new();
+        for payload in &replies {
+            codec::decode_list(payload, &mut sets, &|_| true).ok_or_else(|| Error::Parse {
+                what: "ipset list dump",
+                line: 0,
+                text: format!("{} bytes", payload.len()),
+            })?;
+        }
+        Ok(sets.remove(name))
+    }
+
+    /// Carries out `ops` in order; member lists go out as ADT batches of thousands of
+    /// members per message. Adding a member already there, or deleting one already
+    /// gone, is success.
     ///
     /// # Errors
     /// At the first operation the kernel refuses (the earlier ones stay done).
     pub fn apply(&mut self, ops: &[SetOp]) -> Result<()> {
-        let mut i = 0;
-        while i < ops.len() {
-            match &ops[i] {
+        for op in ops {
+            match op {
                 SetOp::Create(h) => {
                     let revision = self.revision(h.set_type, h.family)?;
                     self.simple(
@@ -176,11 +202,9 @@ impl IpsetSocket {
                         |r| r.create(h, revision),
                         Cmd::Create,
                     )?;
-                    i += 1;
                 }
                 SetOp::Destroy(name) => {
                     self.simple("destroy set", name, |r| r.set_name(name), Cmd::Destroy)?;
-                    i += 1;
                 }
                 SetOp::Swap(a, b) => {
                     self.simple(
@@ -189,33 +213,57 @@ impl IpsetSocket {
                         |r| r.set_name(a).set_name2(b),
                         Cmd::Swap,
                     )?;
-                    i += 1;
                 }
-                SetOp::Add(name, _) | SetOp::Del(name, _) => {
-                    let add = matches!(ops[i], SetOp::Add(..));
-                    let (cmd, op) = if add {
-                        (Cmd::Add, "add members to")
-                    } else {
-                        (Cmd::Del, "delete members from")
-                    };
-                    let seq = self.next_seq();
-                    // No NLM_F_EXCL: the kernel then treats existing (or missing) members as success.
-                    let mut req = Request::new(cmd, NLM_F_REQUEST | NLM_F_ACK, seq)
-                        .set_name(name)
-                        .begin_adt();
-                    while i < ops.len() && req.len() < BATCH_BYTES {
-                        match &ops[i] {
-                            SetOp::Add(n, e) if add && n == name => req.entry(e),
-                            SetOp::Del(n, e) if !add && n == name => req.entry(e),
-                            _ => break,
-                        }
-                        i += 1;
-                    }
-                    let bytes = req.finish();
-                    self.exchange(&bytes, seq, op, name)?;
+                SetOp::Add(name, members) => {
+                    self.members(Cmd::Add, "add members to", name, members)?;
+                }
+                SetOp::Del(name, members) => {
+                    self.members(Cmd::Del, "delete members from", name, members)?;
                 }
             }
         }
         Ok(())
     }
+
+    /// Adds or deletes `members` of set `name`, [`BATCH_BYTES`] of them per message.
+    fn members(
+        &mut self,
+        cmd: Cmd,
+        op: &'static str,
+        name: &str,
+        members: &[kipvs_proxy::Member],
+    ) -> Result<()> {
+        let mut rest = members;
+        while !rest.is_empty() {
+            let seq = self.next_seq();
+            // No NLM_F_EXCL: the kernel then treats existing (or missing) members as success.
+            let mut req = Request::new(cmd, NLM_F_REQUEST | NLM_F_ACK, seq)
+                .set_name(name)
+                .begin_adt();
+            let mut taken = 0;
+            for member in rest {
+                if req.len() >= BATCH_BYTES {
+                    break;
+                }
+                req.entry(member);
+                taken += 1;
+            }
+            rest = &rest[taken..];
+            let bytes = req.finish();
+            self.exchange(&bytes, seq, op, name)?;
+        }
+        Ok(())
+    }
 }
+
+/// Whether an errno says the set does not exist.
+fn is_missing(errno: i32) -> bool {
+    errno == ERR_MISSING || errno == ENOENT
+}
+
+/// `ENOENT`: what some kernels answer for a set that does not exist.
+const ENOENT: i32 = 2;
+/// `IPSET_ERR_PROTOCOL + 1`: the set does not exist.
+pub const ERR_MISSING: i32 = 4098;
+/// `IPSET_ERR_HASH_FULL`: a hash set holds `maxelem` members already.
+pub const ERR_FULL: i32 = 4352;

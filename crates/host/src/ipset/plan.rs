@@ -1,15 +1,16 @@
-//! The diff between desired sets and the sets in the kernel (pure).
+//! What the ipset executor decides without touching the kernel (pure): how big a set
+//! must be, when it must be regrown (or may shrink), and the operations of a regrow.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use kipvs_ipvs::Family;
 use kipvs_proxy::{Member, SetName, SetType};
 
-use super::model::SetSpec;
-
 /// kube-proxy's defaults, kept as the floor.
 const MIN_HASHSIZE: u32 = 1024;
 const MIN_MAXELEM: u32 = 65536;
+/// A set shrinks once its `maxelem` is this many times what its members need.
+const SHRINK_FACTOR: u32 = 4;
 
 /// How a set is created: its type, family and size.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +36,9 @@ pub struct ObservedSet {
     pub family: Option<Family>,
     /// Its `maxelem`, for hash types.
     pub maxelem: Option<u32>,
-    /// Its members.
+    /// How many members the kernel says it holds.
+    pub entries: usize,
+    /// Its members (left empty when they were not asked for).
     pub members: BTreeSet<Member>,
 }
 
@@ -44,10 +47,10 @@ pub struct ObservedSet {
 pub enum SetOp {
     /// Create a set.
     Create(SetHeader),
-    /// Add a member.
-    Add(String, Member),
-    /// Delete a member.
-    Del(String, Member),
+    /// Add members to a set (in ADT batches; one already there is success).
+    Add(String, Vec<Member>),
+    /// Delete members from a set (in ADT batches; one already gone is success).
+    Del(String, Vec<Member>),
     /// Exchange two sets' contents (and names); iptables rules keep matching by name.
     Swap(String, String),
     /// Destroy a set.
@@ -70,6 +73,20 @@ pub fn sizing(members: usize) -> (u32, u32) {
     (hashsize, maxelem)
 }
 
+/// Whether a set of `maxelem` must be regrown to hold `entries` members (bitmaps,
+/// with no `maxelem`, hold every port and never are).
+pub fn must_grow(maxelem: Option<u32>, entries: usize) -> bool {
+    maxelem.is_some_and(|max| usize::try_from(max).is_ok_and(|max| entries > max))
+}
+
+/// Whether a set of `maxelem` holding `entries` members is so much larger than they
+/// need ([`SHRINK_FACTOR`] times what [`sizing`] gives them) that it is rebuilt smaller.
+/// With [`sizing`]'s doubling, a shrunk set must double twice before it grows again.
+pub fn may_shrink(maxelem: Option<u32>, entries: usize) -> bool {
+    let (_, fits) = sizing(entries);
+    maxelem.is_some_and(|max| max > MIN_MAXELEM && max / SHRINK_FACTOR >= fits)
+}
+
 impl SetHeader {
     /// The header of a set named `name`, sized (see [`sizing`]) for `members` members.
     pub fn sized(name: String, set_type: SetType, family: Family, members: usize) -> SetHeader {
@@ -87,144 +104,90 @@ impl SetHeader {
     pub fn of(set: SetName, members: usize) -> SetHeader {
         SetHeader::sized(set.to_string(), set.kind.set_type(), set.family, members)
     }
-}
 
-fn header(spec: &SetSpec, name: String) -> SetHeader {
-    SetHeader::sized(name, spec.set_type(), spec.family(), spec.members().len())
-}
-
-/// A temporary set name for regrowing the `index`-th desired set (31 characters at most).
-pub(crate) fn temp_name(index: usize) -> String {
-    format!("KIPVS-TMP-{index}")
-}
-
-/// The operations that make the kernel's sets equal `desired`.
-///
-/// - a missing set is created, sized to fit, and filled;
-/// - a set of the right type gets only its stale members deleted and its missing
-///   members added (deletions first, so `maxelem` is never crossed on the way);
-/// - a set whose `maxelem` is too small for the desired members (or whose type or
-///   family is wrong) is rebuilt: a temporary set is created and filled, swapped in and
-///   destroyed, so rules matching the name never see it half-filled. (A wrong *type* can
-///   only be swapped with a compatible one: the kernel refuses otherwise, and the error
-///   surfaces.)
-///
-/// Sets not in `desired` never appear in the result.
-pub fn plan_sets(desired: &[SetSpec], observed: &BTreeMap<String, ObservedSet>) -> Vec<SetOp> {
-    let mut ops = Vec::new();
-    for (index, spec) in desired.iter().enumerate() {
-        let name = spec.name().to_owned();
-        let Some(current) = observed.get(&name) else {
-            ops.push(SetOp::Create(header(spec, name.clone())));
-            ops.extend(spec.members().iter().map(|e| SetOp::Add(name.clone(), *e)));
-            continue;
-        };
-        let same_type = current.set_type == Some(spec.set_type())
-            && (!spec.set_type().has_family() || current.family == Some(spec.family()));
-        let fits = !spec.set_type().has_family()
-            || current
-                .maxelem
-                .is_some_and(|max| usize::try_from(max).is_ok_and(|m| m >= spec.members().len()));
-        if same_type && fits {
-            ops.extend(
-                current
-                    .members
-                    .difference(spec.members())
-                    .map(|e| SetOp::Del(name.clone(), *e)),
-            );
-            ops.extend(
-                spec.members()
-                    .difference(&current.members)
-                    .map(|e| SetOp::Add(name.clone(), *e)),
-            );
-        } else {
-            let temp = temp_name(index);
-            if observed.contains_key(&temp) {
-                ops.push(SetOp::Destroy(temp.clone()));
-            }
-            ops.push(SetOp::Create(header(spec, temp.clone())));
-            ops.extend(spec.members().iter().map(|e| SetOp::Add(temp.clone(), *e)));
-            ops.push(SetOp::Swap(temp.clone(), name));
-            ops.push(SetOp::Destroy(temp));
-        }
+    /// The `maxelem` the set will have: none for a bitmap, which holds every port.
+    pub fn limit(&self) -> Option<u32> {
+        self.set_type.has_family().then_some(self.maxelem)
     }
+}
+
+/// The temporary set a regrow fills: at most one exists at a time.
+pub(crate) fn temp_name() -> String {
+    "KIPVS-TMP-0".to_owned()
+}
+
+/// The operations that rebuild `set` at the size of `members` without a moment where
+/// it matches less than before: a temporary set sized for them is created and filled,
+/// swapped in under the set's name (rules match sets by name, and a swap is atomic),
+/// and the old contents, now under the temporary name, destroyed.
+pub fn regrow_ops(set: SetName, members: Vec<Member>) -> Vec<SetOp> {
+    let temp = temp_name();
+    let mut ops = Vec::with_capacity(4);
+    let mut header = SetHeader::of(set, members.len());
+    header.name.clone_from(&temp);
+    ops.push(SetOp::Create(header));
+    if !members.is_empty() {
+        ops.push(SetOp::Add(temp.clone(), members));
+    }
+    ops.push(SetOp::Swap(temp.clone(), set.to_string()));
+    ops.push(SetOp::Destroy(temp));
     ops
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kipvs_ipvs::Protocol;
     use kipvs_proxy::SetKind;
 
-    fn e(port: u16) -> Member {
-        Member::IpPort {
-            ip: "10.96.0.1".parse().unwrap(),
-            protocol: Protocol::Tcp,
-            port,
-        }
-    }
-
-    fn spec(ports: &[u16]) -> SetSpec {
-        SetSpec::try_new(
-            "KUBE-CLUSTER-IP",
-            SetType::HashIpPort,
-            Family::V4,
-            ports.iter().map(|p| e(*p)).collect(),
-        )
-        .unwrap()
-    }
-
-    fn observed(ports: &[u16], maxelem: u32) -> BTreeMap<String, ObservedSet> {
-        [(
-            "KUBE-CLUSTER-IP".to_owned(),
-            ObservedSet {
-                set_type: Some(SetType::HashIpPort),
-                family: Some(Family::V4),
-                maxelem: Some(maxelem),
-                members: ports.iter().map(|p| e(*p)).collect(),
-            },
-        )]
-        .into()
-    }
-
     #[test]
-    fn a_missing_set_is_created_and_filled() {
-        let ops = plan_sets(&[spec(&[80, 443])], &BTreeMap::new());
-        assert!(matches!(&ops[0], SetOp::Create(h) if h.maxelem == 65536 && h.hashsize == 1024));
-        assert_eq!(ops.len(), 3);
-    }
-
-    #[test]
-    fn only_missing_members_are_added_and_only_stale_ones_deleted() {
-        let ops = plan_sets(&[spec(&[80, 443])], &observed(&[443, 8080], 65536));
-        assert_eq!(
-            ops,
-            vec![
-                SetOp::Del("KUBE-CLUSTER-IP".into(), e(8080)),
-                SetOp::Add("KUBE-CLUSTER-IP".into(), e(80)),
-            ]
-        );
-    }
-
-    #[test]
-    fn planning_against_an_equal_kernel_yields_nothing() {
-        assert!(plan_sets(&[spec(&[80, 443])], &observed(&[80, 443], 65536)).is_empty());
-    }
-
-    #[test]
-    fn sets_grow_past_65536_members() {
+    fn sets_are_sized_with_room_to_double_and_never_below_kube_proxys_defaults() {
         assert_eq!(sizing(100_000), (32768, 262_144));
+        assert_eq!(sizing(150_000), (65536, 524_288));
         assert_eq!(sizing(10), (1024, 65536));
-        let ops = plan_sets(&[spec(&[1, 2, 3])], &observed(&[1], 2));
-        assert!(matches!(&ops[0], SetOp::Create(h) if h.name == "KIPVS-TMP-0"));
+        assert_eq!(sizing(0), (1024, 65536));
+    }
+
+    #[test]
+    fn a_set_grows_only_past_its_maxelem_and_bitmaps_never() {
+        assert!(!must_grow(Some(65536), 65536));
+        assert!(must_grow(Some(65536), 65537));
+        assert!(!must_grow(None, 1_000_000));
+    }
+
+    #[test]
+    fn a_set_shrinks_only_when_four_times_too_large_and_never_below_the_floor() {
+        // Grown for 150,000 members: 524,288. Kept down to 65,537 members (which
+        // need 262,144), rebuilt smaller from 65,536 (which need 131,072).
+        let (_, grown) = sizing(150_000);
+        assert!(!may_shrink(Some(grown), 150_000));
+        assert!(!may_shrink(Some(grown), 65_537));
+        assert!(may_shrink(Some(grown), 65_536));
+        assert!(may_shrink(Some(grown), 10));
+        assert!(!may_shrink(Some(65536), 0), "the floor never shrinks");
+        assert!(!may_shrink(None, 0));
+        // After a shrink the set is what sizing gives: no shrink again, and no growth
+        // before the members double.
+        let (_, shrunk) = sizing(65_536);
+        assert!(!may_shrink(Some(shrunk), 65_536));
+        assert!(!must_grow(Some(shrunk), 2 * 65_536));
+    }
+
+    #[test]
+    fn a_regrow_fills_a_sized_temporary_set_and_swaps_it_in() {
+        let set = SetName::new(SetKind::LoopBack, Family::V4);
+        let member = Member::Ip("10.0.0.1".parse().unwrap());
+        let ops = regrow_ops(set, vec![member]);
+        assert!(matches!(&ops[0], SetOp::Create(h)
+            if h.name == "KIPVS-TMP-0" && h.set_type == SetType::HashIpPortIp && h.maxelem == 65536));
+        assert_eq!(ops[1], SetOp::Add("KIPVS-TMP-0".into(), vec![member]));
         assert_eq!(
-            &ops[ops.len() - 2..],
+            &ops[2..],
             &[
-                SetOp::Swap("KIPVS-TMP-0".into(), "KUBE-CLUSTER-IP".into()),
+                SetOp::Swap("KIPVS-TMP-0".into(), "KUBE-LOOP-BACK".into()),
                 SetOp::Destroy("KIPVS-TMP-0".into())
             ]
         );
+        assert_eq!(regrow_ops(set, Vec::new()).len(), 3);
     }
 
     #[test]
@@ -233,21 +196,10 @@ mod tests {
         assert_eq!(h.name, "KUBE-6-NODE-PORT-UDP");
         assert_eq!(h.set_type, SetType::BitmapPort);
         assert_eq!((h.hashsize, h.maxelem), sizing(0));
-    }
-
-    #[test]
-    fn foreign_sets_never_appear_in_the_plan() {
-        let mut kernel = observed(&[80], 65536);
-        kernel.insert(
-            "FOREIGN".into(),
-            ObservedSet {
-                set_type: None,
-                family: None,
-                maxelem: None,
-                members: BTreeSet::new(),
-            },
+        assert_eq!(h.limit(), None);
+        assert_eq!(
+            SetHeader::of(SetName::new(SetKind::LoopBack, Family::V4), 0).limit(),
+            Some(65536)
         );
-        let ops = plan_sets(&[spec(&[80])], &kernel);
-        assert!(ops.is_empty());
     }
 }

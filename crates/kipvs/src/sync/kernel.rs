@@ -3,6 +3,7 @@
 //! kernel implements it in [`super::node`]; tests use [`SimulatedKernel`].
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use kipvs_proxy::{IpvsOp, Observed, Plan};
 
@@ -29,6 +30,9 @@ pub enum OpKind {
     Unbind,
     /// An ipset member deleted.
     SetDelete,
+    /// An ipset rebuilt at another size and swapped in (grown past its `maxelem`, or
+    /// shrunk when far too large).
+    SetResize,
     /// Stale conntrack entries flushed.
     ConntrackFlush,
     /// The iptables rules brought up to date.
@@ -49,6 +53,7 @@ impl OpKind {
             OpKind::DeleteDestination => "delete_destination",
             OpKind::Unbind => "unbind_address",
             OpKind::SetDelete => "set_delete",
+            OpKind::SetResize => "set_resize",
             OpKind::ConntrackFlush => "conntrack_flush",
             OpKind::Iptables => "iptables",
         }
@@ -74,6 +79,9 @@ pub struct Report {
     pub counts: BTreeMap<(OpKind, &'static str), u64>,
     /// One line per failed operation: what, on which object, why.
     pub failures: Vec<String>,
+    /// How long each kind of kernel work took (`ipsets`, `vips`, `iptables`, `ipvs`,
+    /// `conntrack`), in the order first done.
+    pub phases: Vec<(&'static str, Duration)>,
 }
 
 impl Report {
@@ -93,6 +101,18 @@ impl Report {
     pub fn fail(&mut self, kind: OpKind, class: &'static str, what: String) {
         self.record(kind, class);
         self.failures.push(what);
+    }
+
+    /// Runs `work`, adding the time it took to `phase`.
+    pub fn timed<T>(&mut self, phase: &'static str, work: impl FnOnce(&mut Self) -> T) -> T {
+        let started = Instant::now();
+        let result = work(self);
+        let took = started.elapsed();
+        match self.phases.iter_mut().find(|(name, _)| *name == phase) {
+            Some((_, total)) => *total += took,
+            None => self.phases.push((phase, took)),
+        }
+        result
     }
 
     /// Whether every operation succeeded.

@@ -9,8 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
 
-use kipvs_host::ipset::netlink::IpsetSocket;
-use kipvs_host::ipset::{SetHeader, SetOp};
+use kipvs_host::ipset::IpsetExecutor;
 use kipvs_host::iptables::{Backend, Iptables, LocalDetector, MasqueradeBit, RuleConfig, RuleSpec};
 use kipvs_host::link::VipLink;
 use kipvs_ipvs::{Client, Family, Operation};
@@ -35,7 +34,7 @@ pub enum SetupError {
 pub struct NodeKernel {
     ipvs: Client,
     link: VipLink,
-    ipsets: IpsetSocket,
+    ipsets: IpsetExecutor,
     iptables: Vec<(Family, Iptables)>,
     rule_config: RuleConfig,
     local_detection: LocalDetection,
@@ -72,19 +71,6 @@ pub fn local_addresses(except: &str) -> Result<Vec<IpAddr>, nix::Error> {
     Ok(addrs.into_iter().collect())
 }
 
-/// The members of every KUBE-* set on the node, by the core's set names.
-///
-/// Fails when the sets cannot be listed.
-pub fn read_sets(
-    ipsets: &mut IpsetSocket,
-) -> Result<BTreeMap<SetName, BTreeSet<Member>>, kipvs_host::Error> {
-    Ok(ipsets
-        .list(&|name| SetName::parse(name).is_some())?
-        .into_iter()
-        .filter_map(|(name, set)| Some((SetName::parse(&name)?, set.members)))
-        .collect())
-}
-
 /// The node's kernel state besides IPVS, as kipvs reads it back: the addresses on
 /// `link` (none when the link does not exist) and the members of every KUBE-* set (none
 /// when the sets cannot be reached at all, logged as a warning).
@@ -102,8 +88,8 @@ pub async fn read_host_state(
             .collect(),
         None => BTreeSet::new(),
     };
-    let ipsets = match IpsetSocket::open() {
-        Ok(mut socket) => read_sets(&mut socket)?,
+    let ipsets = match IpsetExecutor::open() {
+        Ok(mut sets) => sets.read()?,
         Err(err) => {
             tracing::warn!(error = %err, "cannot read ipsets; ownership from kube-ipvs0 only");
             BTreeMap::new()
@@ -200,13 +186,8 @@ impl NodeKernel {
             }
         }
         let link = VipLink::ensure(link_name).await?;
-        let mut ipsets = IpsetSocket::open()?;
-        let existing = ipsets.list(&|name| SetName::parse(name).is_some())?;
-        let missing: Vec<SetOp> = SetName::all()
-            .filter(|name| !existing.contains_key(&name.to_string()))
-            .map(|name| SetOp::Create(SetHeader::of(name, 0)))
-            .collect();
-        ipsets.apply(&missing)?;
+        let mut ipsets = IpsetExecutor::open()?;
+        ipsets.ensure_sets()?;
         let backend = Backend::detect();
         let rule_config = RuleConfig {
             masquerade_bit: MasqueradeBit::new(config.masquerade_bit)?,
@@ -235,30 +216,22 @@ impl NodeKernel {
         local_addresses(self.link.name())
     }
 
-    fn set_ops(entries: &[(SetName, Member)], add: bool) -> Vec<SetOp> {
-        entries
-            .iter()
-            .map(|(name, member)| {
-                if add {
-                    SetOp::Add(name.to_string(), *member)
-                } else {
-                    SetOp::Del(name.to_string(), *member)
-                }
-            })
-            .collect()
-    }
-
+    /// Adds or deletes set members through the executor, which regrows (or shrinks) a
+    /// set whose size no longer fits its members.
     fn apply_sets(&mut self, entries: &[(SetName, Member)], add: bool, report: &mut Report) {
         if entries.is_empty() {
             return;
         }
-        let kind = if add {
-            OpKind::SetAdd
+        let (kind, result) = if add {
+            (OpKind::SetAdd, self.ipsets.add(entries))
         } else {
-            OpKind::SetDelete
+            (OpKind::SetDelete, self.ipsets.delete(entries))
         };
-        match self.ipsets.apply(&Self::set_ops(entries, add)) {
-            Ok(()) => report.ok(kind, entries.len()),
+        match result {
+            Ok(done) => {
+                report.ok(kind, entries.len());
+                report.ok(OpKind::SetResize, done.swapped);
+            }
             Err(err) => report.fail(
                 kind,
                 "error",
@@ -342,7 +315,10 @@ impl Kernel for NodeKernel {
             .into_iter()
             .map(|net| net.addr())
             .collect();
-        let ipsets = read_sets(&mut self.ipsets).map_err(|e| ObserveError(e.to_string()))?;
+        let ipsets = self
+            .ipsets
+            .read()
+            .map_err(|e| ObserveError(e.to_string()))?;
         Ok(Observed {
             table,
             addresses,
@@ -362,30 +338,36 @@ impl Kernel for NodeKernel {
 
     fn apply(&mut self, plan: &Plan) -> Report {
         let mut report = Report::default();
-        self.apply_sets(&plan.set_adds, true, &mut report);
-        self.apply_link(&plan.binds, true, &mut report);
+        report.timed("ipsets", |r| self.apply_sets(&plan.set_adds, true, r));
+        report.timed("vips", |r| self.apply_link(&plan.binds, true, r));
         // The rules before the virtual services: on a first start, no connection reaches
         // a virtual service before the rules that masquerade it exist (kube-proxy writes
         // them last). A rule that a set emptied by this plan no longer needs goes a
         // moment early; it only served the virtual services this plan removes.
-        self.apply_iptables(plan, &mut report);
+        report.timed("iptables", |r| self.apply_iptables(plan, r));
         if !plan.ipvs.is_empty() {
-            let ops: Vec<Operation> = plan.ipvs.iter().map(to_operation).collect();
-            for (op, result) in plan.ipvs.iter().zip(self.ipvs.apply(&ops)) {
-                let kind = OpKind::of(op);
-                match result {
-                    Ok(()) => report.record(kind, "ok"),
-                    Err(err) => report.fail(kind, ipvs_class(&err), err.to_string()),
+            report.timed("ipvs", |report| {
+                let ops: Vec<Operation> = plan.ipvs.iter().map(to_operation).collect();
+                for (op, result) in plan.ipvs.iter().zip(self.ipvs.apply(&ops)) {
+                    let kind = OpKind::of(op);
+                    match result {
+                        Ok(()) => report.record(kind, "ok"),
+                        Err(err) => report.fail(kind, ipvs_class(&err), err.to_string()),
+                    }
                 }
-            }
+            });
         }
-        self.apply_link(&plan.unbinds, false, &mut report);
-        self.apply_sets(&plan.set_deletes, false, &mut report);
-        for flush in &plan.conntrack {
-            match super::conntrack::flush(flush) {
-                Ok(()) => report.record(OpKind::ConntrackFlush, "ok"),
-                Err(err) => report.fail(OpKind::ConntrackFlush, "error", err),
-            }
+        report.timed("vips", |r| self.apply_link(&plan.unbinds, false, r));
+        report.timed("ipsets", |r| self.apply_sets(&plan.set_deletes, false, r));
+        if !plan.conntrack.is_empty() {
+            report.timed("conntrack", |report| {
+                for flush in &plan.conntrack {
+                    match super::conntrack::flush(flush) {
+                        Ok(()) => report.record(OpKind::ConntrackFlush, "ok"),
+                        Err(err) => report.fail(OpKind::ConntrackFlush, "error", err),
+                    }
+                }
+            });
         }
         report
     }
