@@ -1,0 +1,471 @@
+//! The driver: for each scenario, the cluster is created through the real API server,
+//! then kube-proxy and kipvs each run on a fresh node (a new network namespace) until
+//! synced, the node is captured, the proxy stopped (SIGTERM) and the namespace thrown
+//! away; the two captures are compared.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::capture::Capture;
+use crate::compare::{differences, Comparison, Outcome};
+use crate::node::{NodeNs, Probes};
+use crate::rules::Rule;
+use crate::scenario::{Scenario, NODE_IP, NODE_SETUP};
+
+/// The sample both proxies set after a sync: when it is non-zero, a sync has happened.
+pub const SYNC_METRIC: &str = "kubeproxy_sync_proxy_rules_last_timestamp_seconds";
+
+/// The real peers and how to reach the API server.
+#[derive(Debug, Clone)]
+pub struct Peers {
+    /// The kube-proxy binary.
+    pub kube_proxy: PathBuf,
+    /// The kubectl binary.
+    pub kubectl: PathBuf,
+    /// A kubeconfig with admin rights, for creating the scenarios' objects.
+    pub admin_kubeconfig: PathBuf,
+    /// kube-proxy's kubeconfig (`system:node-proxier`).
+    pub kube_proxy_kubeconfig: PathBuf,
+    /// kipvs' kubeconfig (its ServiceAccount's token).
+    pub kipvs_kubeconfig: PathBuf,
+}
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The kipvs binary.
+    pub kipvs: PathBuf,
+    /// The peers.
+    pub peers: Peers,
+    /// A program run inside each node namespace for as long as the node lives, that
+    /// makes the API server reachable there (tests/peer/apiserver-forward), and the
+    /// address it then listens on; none when the API server is reachable without.
+    pub forward: Option<(PathBuf, String)>,
+    /// Where captures, configs and logs go (one directory per scenario).
+    pub results: PathBuf,
+    /// How long a proxy may take to report its first sync.
+    pub sync_timeout: Duration,
+}
+
+/// The two proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proxy {
+    /// The real kube-proxy.
+    KubeProxy,
+    /// kipvs.
+    Kipvs,
+}
+
+impl Proxy {
+    /// Its name, in file names and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proxy::KubeProxy => "kube-proxy",
+            Proxy::Kipvs => "kipvs",
+        }
+    }
+}
+
+/// A scenario's result: the comparison, or why it could not be made.
+#[derive(Debug)]
+pub struct ScenarioResult {
+    /// The scenario's name.
+    pub name: String,
+    /// The comparison, or the failure.
+    pub comparison: Result<Comparison, String>,
+}
+
+/// The totals of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Scenarios run.
+    pub scenarios: usize,
+    /// With identical captures.
+    pub identical: usize,
+    /// With every difference explained.
+    pub explained: usize,
+    /// With an unexplained difference, or that failed to run.
+    pub unexplained: usize,
+    /// Of those, the ones that failed to run.
+    pub failed: usize,
+}
+
+impl Totals {
+    /// Adds up results.
+    pub fn of(results: &[ScenarioResult]) -> Totals {
+        let mut t = Totals {
+            scenarios: results.len(),
+            ..Totals::default()
+        };
+        for r in results {
+            match &r.comparison {
+                Ok(c) => match c.outcome() {
+                    Outcome::Identical => t.identical += 1,
+                    Outcome::Explained => t.explained += 1,
+                    Outcome::Unexplained => t.unexplained += 1,
+                },
+                Err(_) => {
+                    t.unexplained += 1;
+                    t.failed += 1;
+                }
+            }
+        }
+        t
+    }
+
+    /// The last line of a run.
+    pub fn line(&self) -> String {
+        format!(
+            "conformance: {} scenarios, {} identical, {} explained, {} unexplained",
+            self.scenarios, self.identical, self.explained, self.unexplained
+        )
+    }
+}
+
+/// How a scenario's result is reported: a heading line, then its differences.
+pub fn report(result: &ScenarioResult) -> String {
+    let mut out = String::new();
+    match &result.comparison {
+        Err(why) => {
+            let _ = writeln!(out, "scenario {}: FAILED: {why}", result.name);
+        }
+        Ok(c) => {
+            let n = c.judged.len();
+            let unexplained = c.unexplained().count();
+            let _ = match c.outcome() {
+                Outcome::Identical => writeln!(out, "scenario {}: identical", result.name),
+                Outcome::Explained => {
+                    writeln!(out, "scenario {}: explained ({n} differences)", result.name)
+                }
+                Outcome::Unexplained => writeln!(
+                    out,
+                    "scenario {}: UNEXPLAINED ({unexplained} of {n} differences)",
+                    result.name
+                ),
+            };
+            out.push_str(&c.report());
+        }
+    }
+    out
+}
+
+/// Runs one scenario: creates its objects, runs both proxies, compares.
+pub fn run_scenario(setup: &Setup, scenario: &Scenario, rules: &[Rule]) -> ScenarioResult {
+    let dir = setup.results.join(&scenario.name);
+    let comparison = (|| {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let kubectl = Kubectl {
+            bin: setup.peers.kubectl.clone(),
+            kubeconfig: setup.peers.admin_kubeconfig.clone(),
+        };
+        kubectl.reset()?;
+        kubectl.create(scenario, &dir)?;
+        let kube_proxy = run_proxy(setup, scenario, Proxy::KubeProxy, &dir)?;
+        let kipvs = run_proxy(setup, scenario, Proxy::Kipvs, &dir)?;
+        Ok(Comparison::new(&kube_proxy, &kipvs, rules))
+    })();
+    let result = ScenarioResult {
+        name: scenario.name.clone(),
+        comparison,
+    };
+    let _ = std::fs::write(dir.join("report.txt"), report(&result));
+    result
+}
+
+/// Runs `proxy` on a fresh node for `scenario` until it has synced and its node is
+/// stable, captures the node, stops the proxy and deletes the node.
+fn run_proxy(
+    setup: &Setup,
+    scenario: &Scenario,
+    proxy: Proxy,
+    dir: &Path,
+) -> Result<Capture, String> {
+    let netns = format!("kc-{}-{}", proxy.name(), std::process::id());
+    let node = Node::create(&netns, setup, scenario)?;
+    let name = proxy.name();
+    let kubeconfig = match proxy {
+        Proxy::KubeProxy => &setup.peers.kube_proxy_kubeconfig,
+        Proxy::Kipvs => &setup.peers.kipvs_kubeconfig,
+    };
+    let config = dir.join(format!("{name}.config.yaml"));
+    write(&config, &scenario.config_with_kubeconfig(kubeconfig))?;
+    let log_path = dir.join(format!("{name}.log"));
+    let log =
+        std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let err_log = log.try_clone().map_err(|e| e.to_string())?;
+    let config_arg = config.display().to_string();
+    let owners = dir.join("kipvs.owners.json").display().to_string();
+    let args: Vec<&str> = match proxy {
+        Proxy::KubeProxy => vec!["--config", &config_arg],
+        Proxy::Kipvs => vec!["run", "--config", &config_arg, "--owners-file", &owners],
+    };
+    let bin = match proxy {
+        Proxy::KubeProxy => &setup.peers.kube_proxy,
+        Proxy::Kipvs => &setup.kipvs,
+    };
+    let child = Command::new("ip")
+        .args(["netns", "exec", &netns])
+        .arg(bin)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err_log)
+        .spawn()
+        .map_err(|e| format!("cannot start {name}: {e}"))?;
+    let mut running = Running { child, name };
+    let probes = Probes {
+        healthz: scenario.healthz_address(),
+        metrics: scenario.metrics_address(),
+        health_check_node_ports: scenario.health_check_node_ports(),
+        node_ip: NODE_IP.to_owned(),
+    };
+    let failed = |why: String| format!("{name}: {why} (log: {})", log_path.display());
+    let metrics = probes.metrics.clone().ok_or_else(|| {
+        failed("the scenario turns the metrics server off: no way to see a sync".into())
+    })?;
+    let start = Instant::now();
+    loop {
+        if let Some(status) = running.exited() {
+            return Err(failed(format!(
+                "exited ({status}) before its first sync:\n{}",
+                tail(&log_path)
+            )));
+        }
+        if node
+            .ns
+            .metric(&metrics, SYNC_METRIC)
+            .is_some_and(|v| v > 0.0)
+        {
+            break;
+        }
+        if start.elapsed() > setup.sync_timeout {
+            return Err(failed(format!(
+                "no sync within {:?}:\n{}",
+                setup.sync_timeout,
+                tail(&log_path)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let capture = stable_capture(&node.ns, &probes).map_err(failed)?;
+    write(&dir.join(format!("{name}.capture")), &capture.render())?;
+    running.stop();
+    Ok(capture)
+}
+
+/// Captures until two captures in a row, 3 s apart, are equal (a proxy may sync more
+/// than once as its informers settle).
+fn stable_capture(ns: &NodeNs, probes: &Probes) -> Result<Capture, String> {
+    let mut last = ns.capture(probes).map_err(|e| e.to_string())?;
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_secs(3));
+        let next = ns.capture(probes).map_err(|e| e.to_string())?;
+        if next == last {
+            return Ok(next);
+        }
+        last = next;
+    }
+    let again = ns.capture(probes).map_err(|e| e.to_string())?;
+    let moving: Vec<String> = differences(&last, &again)
+        .iter()
+        .map(|d| format!("{} {}", d.section, d.line))
+        .collect();
+    Err(format!(
+        "the node never settled; still changing: {}",
+        moving.join("; ")
+    ))
+}
+
+/// A proxy process; stopped (SIGTERM, then SIGKILL after 30 s) when dropped.
+struct Running {
+    child: Child,
+    name: &'static str,
+}
+
+impl Running {
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn stop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let start = Instant::now();
+        while self.exited().is_none() {
+            if start.elapsed() > Duration::from_secs(30) {
+                eprintln!("{} did not stop within 30 s of SIGTERM: killed", self.name);
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A fresh node namespace (with its API server forwarder, if any); deleted when dropped.
+struct Node {
+    ns: NodeNs,
+    forwarder: Option<Running>,
+}
+
+impl Node {
+    fn create(name: &str, setup: &Setup, scenario: &Scenario) -> Result<Node, String> {
+        // A namespace left by an interrupted run goes first.
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        run(Command::new("ip").args(["netns", "add", name]))?;
+        let mut node = Node {
+            ns: NodeNs::new(name),
+            forwarder: None,
+        };
+        node.ns
+            .run("sh", &["-euc", NODE_SETUP])
+            .map_err(|e| e.to_string())?;
+        if let Some((program, listen)) = &setup.forward {
+            let child = Command::new("ip")
+                .args(["netns", "exec", name])
+                .arg(program)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+            node.forwarder = Some(Running {
+                child,
+                name: "the API server forwarder",
+            });
+            let start = Instant::now();
+            while !node.ns.accepts(listen) {
+                if start.elapsed() > Duration::from_secs(20) {
+                    return Err(format!("{} does not listen on {listen}", program.display()));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if let Some(script) = &scenario.node_script {
+            node.ns
+                .run("sh", &["-euc", script])
+                .map_err(|e| format!("node.sh: {e}"))?;
+        }
+        Ok(node)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", self.ns.name()])
+            .output();
+    }
+}
+
+/// kubectl with the admin kubeconfig.
+struct Kubectl {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Kubectl {
+    fn run(&self, args: &[&str]) -> Result<String, String> {
+        run(Command::new(&self.bin)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args))
+    }
+
+    /// Deletes what earlier scenarios created: every Service and EndpointSlice but the
+    /// API server's own `default/kubernetes`, and every Node. Namespaces stay (without
+    /// a controller manager they would never finish terminating).
+    fn reset(&self) -> Result<(), String> {
+        let others = "metadata.name!=kubernetes";
+        self.run(&["delete", "services", "-A", "--field-selector", others])?;
+        self.run(&[
+            "delete",
+            "endpointslices.discovery.k8s.io",
+            "-A",
+            "--field-selector",
+            others,
+        ])?;
+        self.run(&["delete", "nodes", "--all"])?;
+        Ok(())
+    }
+
+    /// Creates the scenario's namespaces and objects, then writes their statuses.
+    fn create(&self, scenario: &Scenario, dir: &Path) -> Result<(), String> {
+        const BUILT_IN: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+        for ns in scenario.namespaces() {
+            if BUILT_IN.contains(&ns.as_str()) {
+                continue;
+            }
+            if self.run(&["get", "namespace", &ns]).is_err() {
+                self.run(&["create", "namespace", &ns])?;
+            }
+        }
+        let list =
+            serde_json::json!({"apiVersion": "v1", "kind": "List", "items": scenario.creatable()});
+        let file = dir.join("objects.json");
+        write(&file, &list.to_string())?;
+        let file = file.display().to_string();
+        // A ClusterIP or NodePort freed by the reset can take a moment to be reusable.
+        let mut attempt = 0;
+        loop {
+            match self.run(&["apply", "--server-side", "--force-conflicts", "-f", &file]) {
+                Ok(_) => break,
+                Err(e) if attempt < 10 => {
+                    attempt += 1;
+                    eprintln!("{}: apply failed, retrying: {e}", scenario.name);
+                    std::thread::sleep(Duration::from_secs(3));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for patch in scenario.status_patches() {
+            let body = patch.patch.to_string();
+            let mut args = vec!["patch", &patch.resource, &patch.name];
+            if let Some(ns) = &patch.namespace {
+                args.extend(["-n", ns]);
+            }
+            args.extend(["--subresource=status", "--type=merge", "-p", &body]);
+            self.run(&args)?;
+        }
+        Ok(())
+    }
+}
+
+fn run(command: &mut Command) -> Result<String, String> {
+    let out = command.output().map_err(|e| format!("{command:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{command:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The last 30 lines of a log file.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}

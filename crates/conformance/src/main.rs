@@ -1,0 +1,218 @@
+//! `kipvs-conformance`: runs the conformance scenarios against the real kube-proxy, or
+//! captures one node, or compares two captures (see the crate's documentation).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use kipvs_conformance::capture::Capture;
+use kipvs_conformance::compare::{Comparison, Outcome};
+use kipvs_conformance::driver::{self, Peers, Setup, Totals};
+use kipvs_conformance::node::{NodeNs, Probes};
+use kipvs_conformance::rules::{self, Rule};
+use kipvs_conformance::scenario::Scenario;
+
+/// Conformance of kipvs with the real kube-proxy.
+#[derive(Debug, Parser)]
+#[command(name = "kipvs-conformance")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run scenarios against the real peers; the last line is the totals.
+    Run(RunArgs),
+    /// Capture a node (a named network namespace) and print the capture.
+    Capture(CaptureArgs),
+    /// Compare kube-proxy's capture with kipvs' under the README's rules.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The corpus: one directory per scenario.
+    #[arg(long)]
+    scenarios: PathBuf,
+    /// Run only these scenarios (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// The README holding the table of intended differences.
+    #[arg(long)]
+    readme: PathBuf,
+    /// The kipvs binary.
+    #[arg(long)]
+    kipvs: PathBuf,
+    /// The kube-proxy binary.
+    #[arg(long)]
+    kube_proxy: PathBuf,
+    /// The kubectl binary.
+    #[arg(long)]
+    kubectl: PathBuf,
+    /// An admin kubeconfig.
+    #[arg(long)]
+    admin_kubeconfig: PathBuf,
+    /// kube-proxy's kubeconfig.
+    #[arg(long)]
+    kube_proxy_kubeconfig: PathBuf,
+    /// kipvs' kubeconfig.
+    #[arg(long)]
+    kipvs_kubeconfig: PathBuf,
+    /// A program run inside each node namespace while it lives, making the API server
+    /// reachable there (tests/peer/apiserver-forward).
+    #[arg(long)]
+    forward: Option<PathBuf>,
+    /// The address the forwarder listens on inside the namespace.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    forward_listen: String,
+    /// Where captures, configs and logs go.
+    #[arg(long)]
+    results: PathBuf,
+    /// Seconds a proxy may take to report its first sync.
+    #[arg(long, default_value_t = 300)]
+    sync_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+struct CaptureArgs {
+    /// The node's network namespace (`ip netns` name).
+    #[arg(long)]
+    netns: String,
+    /// HOST:PORT of /healthz.
+    #[arg(long)]
+    healthz: Option<String>,
+    /// HOST:PORT of /metrics.
+    #[arg(long)]
+    metrics: Option<String>,
+    /// A healthCheckNodePort to ask (repeatable).
+    #[arg(long = "health-check-node-port")]
+    health_check_node_ports: Vec<u16>,
+    /// The node address healthCheckNodePorts are asked on.
+    #[arg(long, default_value = kipvs_conformance::scenario::NODE_IP)]
+    node_ip: String,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// kube-proxy's capture.
+    kube_proxy: PathBuf,
+    /// kipvs' capture.
+    kipvs: PathBuf,
+    /// The README holding the table of intended differences.
+    #[arg(long)]
+    readme: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Cmd::Run(args) => run(&args),
+        Cmd::Capture(args) => capture(&args),
+        Cmd::Compare(args) => compare(&args),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("kipvs-conformance: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn read_rules(readme: &PathBuf) -> Result<Vec<Rule>, String> {
+    let text = std::fs::read_to_string(readme).map_err(|e| format!("{}: {e}", readme.display()))?;
+    rules::from_readme(&text).map_err(|e| format!("{}: {e}", readme.display()))
+}
+
+fn run(args: &RunArgs) -> Result<ExitCode, String> {
+    let rules = read_rules(&args.readme)?;
+    let mut scenarios = Scenario::load_all(&args.scenarios).map_err(|e| e.to_string())?;
+    if !args.only.is_empty() {
+        for name in &args.only {
+            if !scenarios.iter().any(|s| &s.name == name) {
+                return Err(format!(
+                    "no scenario {name} in {}",
+                    args.scenarios.display()
+                ));
+            }
+        }
+        scenarios.retain(|s| args.only.contains(&s.name));
+    }
+    let setup = Setup {
+        kipvs: args.kipvs.clone(),
+        peers: Peers {
+            kube_proxy: args.kube_proxy.clone(),
+            kubectl: args.kubectl.clone(),
+            admin_kubeconfig: args.admin_kubeconfig.clone(),
+            kube_proxy_kubeconfig: args.kube_proxy_kubeconfig.clone(),
+            kipvs_kubeconfig: args.kipvs_kubeconfig.clone(),
+        },
+        forward: args
+            .forward
+            .clone()
+            .map(|program| (program, args.forward_listen.clone())),
+        results: args.results.clone(),
+        sync_timeout: Duration::from_secs(args.sync_timeout),
+    };
+    let mut results = Vec::new();
+    for scenario in &scenarios {
+        let result = driver::run_scenario(&setup, scenario, &rules);
+        print!("{}", driver::report(&result));
+        results.push(result);
+    }
+    let totals = Totals::of(&results);
+    if totals.failed > 0 {
+        let failed: Vec<&str> = results
+            .iter()
+            .filter(|r| r.comparison.is_err())
+            .map(|r| r.name.as_str())
+            .collect();
+        println!(
+            "conformance: {} scenarios failed to run (counted as unexplained): {}",
+            totals.failed,
+            failed.join(", ")
+        );
+    }
+    println!("{}", totals.line());
+    Ok(if totals.unexplained == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn capture(args: &CaptureArgs) -> Result<ExitCode, String> {
+    let probes = Probes {
+        healthz: args.healthz.clone(),
+        metrics: args.metrics.clone(),
+        health_check_node_ports: args.health_check_node_ports.clone(),
+        node_ip: args.node_ip.clone(),
+    };
+    let capture = NodeNs::new(&args.netns)
+        .capture(&probes)
+        .map_err(|e| e.to_string())?;
+    print!("{}", capture.render());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compare(args: &CompareArgs) -> Result<ExitCode, String> {
+    let rules = read_rules(&args.readme)?;
+    let read = |path: &PathBuf| -> Result<Capture, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Capture::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let comparison = Comparison::new(&read(&args.kube_proxy)?, &read(&args.kipvs)?, &rules);
+    print!("{}", comparison.report());
+    let outcome = comparison.outcome();
+    println!(
+        "{}",
+        match outcome {
+            Outcome::Identical => "identical",
+            Outcome::Explained => "explained",
+            Outcome::Unexplained => "unexplained",
+        }
+    );
+    Ok(if outcome == Outcome::Unexplained {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
