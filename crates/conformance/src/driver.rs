@@ -268,6 +268,12 @@ fn stable_capture(ns: &NodeNs, probes: &Probes) -> Result<Capture, String> {
         if next == last {
             return Ok(next);
         }
+        let moved: Vec<String> = differences(&last, &next)
+            .iter()
+            .take(5)
+            .map(|d| format!("{} {}", d.section, d.line))
+            .collect();
+        eprintln!("  still settling: {}", moved.join("; "));
         last = next;
     }
     let again = ns.capture(probes).map_err(|e| e.to_string())?;
@@ -392,55 +398,61 @@ impl Kubectl {
     /// API server's own `default/kubernetes`, and every Node. Namespaces stay (without
     /// a controller manager they would never finish terminating).
     fn reset(&self) -> Result<(), String> {
-        let others = "metadata.name!=kubernetes";
-        self.run(&["delete", "services", "-A", "--field-selector", others])?;
         self.run(&[
             "delete",
-            "endpointslices.discovery.k8s.io",
+            "services,endpointslices.discovery.k8s.io,nodes",
             "-A",
             "--field-selector",
-            others,
+            "metadata.name!=kubernetes",
         ])?;
-        self.run(&["delete", "nodes", "--all"])?;
         Ok(())
     }
 
-    /// Creates the scenario's namespaces and objects, then writes their statuses.
+    /// Creates the scenario's namespaces and objects, then writes their statuses (one
+    /// kubectl each: every process is slow in an emulated VM).
     fn create(&self, scenario: &Scenario, dir: &Path) -> Result<(), String> {
-        const BUILT_IN: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
-        for ns in scenario.namespaces() {
-            if BUILT_IN.contains(&ns.as_str()) {
-                continue;
-            }
-            if self.run(&["get", "namespace", &ns]).is_err() {
-                self.run(&["create", "namespace", &ns])?;
-            }
-        }
-        let list =
-            serde_json::json!({"apiVersion": "v1", "kind": "List", "items": scenario.creatable()});
-        let file = dir.join("objects.json");
-        write(&file, &list.to_string())?;
-        let file = file.display().to_string();
+        let namespaces = scenario.namespaces().into_iter().map(|ns| {
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        });
+        let items: Vec<serde_json::Value> = namespaces.chain(scenario.creatable()).collect();
+        let objects = dir.join("objects.json");
+        write(
+            &objects,
+            &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string(),
+        )?;
         // A ClusterIP or NodePort freed by the reset can take a moment to be reusable.
-        let mut attempt = 0;
-        loop {
-            match self.run(&["apply", "--server-side", "--force-conflicts", "-f", &file]) {
-                Ok(_) => break,
-                Err(e) if attempt < 10 => {
-                    attempt += 1;
-                    eprintln!("{}: apply failed, retrying: {e}", scenario.name);
-                    std::thread::sleep(Duration::from_secs(3));
+        let apply = |file: &Path, extra: &[&str]| -> Result<(), String> {
+            let file = file.display().to_string();
+            let mut args = vec!["apply", "--server-side", "--force-conflicts", "-f", &file];
+            args.extend_from_slice(extra);
+            let mut attempt = 0;
+            loop {
+                match self.run(&args) {
+                    Ok(_) => return Ok(()),
+                    Err(e) if attempt < 10 => {
+                        attempt += 1;
+                        eprintln!("{}: apply failed, retrying: {e}", scenario.name);
+                        std::thread::sleep(Duration::from_secs(3));
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
-        }
-        for patch in scenario.status_patches() {
-            let body = patch.patch.to_string();
-            let mut args = vec!["patch", &patch.resource, &patch.name];
-            if let Some(ns) = &patch.namespace {
+        };
+        apply(&objects, &[])?;
+        // Statuses by JSON merge patch, as a kubelet replaces its Node's addresses (a
+        // server-side apply would refuse two InternalIPs: it keys addresses by type).
+        for status in scenario.statuses() {
+            let kind = status["kind"]
+                .as_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let name = status["metadata"]["name"].as_str().unwrap_or_default();
+            let patch = serde_json::json!({"status": status["status"]}).to_string();
+            let mut args = vec!["patch", &kind, name];
+            if let Some(ns) = status["metadata"]["namespace"].as_str() {
                 args.extend(["-n", ns]);
             }
-            args.extend(["--subresource=status", "--type=merge", "-p", &body]);
+            args.extend(["--subresource=status", "--type=merge", "-p", &patch]);
             self.run(&args)?;
         }
         Ok(())

@@ -67,7 +67,7 @@ impl NodeNs {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
-    /// Runs `program args` inside and returns its standard output.
+    /// Runs `program args` inside (through `nsenter`) and returns its standard output.
     ///
     /// # Errors
     /// When it cannot start or exits non-zero (the error carries its standard error).
@@ -78,8 +78,9 @@ impl NodeNs {
             netns: self.name.clone(),
             reason,
         };
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, program])
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.path().display()))
+            .arg(program)
             .args(args)
             .output()
             .map_err(|e| tool(e.to_string()))?;
@@ -113,33 +114,37 @@ impl NodeNs {
     /// When a tool fails (a server that does not answer is a line of the capture, not
     /// an error).
     pub fn capture(&self, probes: &Probes) -> Result<Capture, NodeError> {
+        // One process for every tool: starting processes is what a capture spends its
+        // time on in an emulated VM.
+        let script: String = TOOLS
+            .iter()
+            .map(|(name, command)| format!("echo '{MARK}{name}'; {command}\n"))
+            .collect();
+        let out = self.run("sh", &["-ec", &script])?;
+        let mut outputs = std::collections::BTreeMap::new();
+        let mut current = None;
+        for line in out.lines() {
+            if let Some(name) = line.strip_prefix(MARK) {
+                current = Some(name.to_owned());
+                outputs.insert(name.to_owned(), String::new());
+            } else if let Some(text) = current.as_ref().and_then(|n| outputs.get_mut(n)) {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        let output = |name: &str| outputs.get(name).map_or("", String::as_str);
         let mut capture = Capture::new();
         capture.set(
             Section::Ipvs,
-            normalize::ipvs(
-                &self.run("ipvsadm", &["-Sn"])?,
-                &self.run("ipvsadm", &["-Ln", "--timeout"])?,
-            ),
+            normalize::ipvs(output("ipvsadm"), output("timeouts")),
         );
-        capture.set(
-            Section::Ipset,
-            normalize::ipset(&self.run("ipset", &["save"])?),
-        );
-        capture.set(
-            Section::Iptables,
-            normalize::iptables(&self.run("iptables-save", &[])?),
-        );
-        capture.set(
-            Section::Ip6tables,
-            normalize::iptables(&self.run("ip6tables-save", &[])?),
-        );
-        capture.set(
-            Section::Links,
-            normalize::links(&self.run("ip", &["-d", "-j", "addr", "show"])?)?,
-        );
+        capture.set(Section::Ipset, normalize::ipset(output("ipset")));
+        capture.set(Section::Iptables, normalize::iptables(output("iptables")));
+        capture.set(Section::Ip6tables, normalize::iptables(output("ip6tables")));
+        capture.set(Section::Links, normalize::links(output("links"))?);
         capture.set(
             Section::Sysctl,
-            normalize::sysctl_a(&self.run("sysctl", &["-a"])?),
+            normalize::sysctls(self.sysctls().iter().map(|(k, v)| (k.as_str(), v.as_str()))),
         );
 
         let mut health = Vec::new();
@@ -173,6 +178,49 @@ impl NodeNs {
         Ok(capture)
     }
 
+    /// The sysctls a proxy may write ([`normalize::proxy_sysctl`]), read from
+    /// `/proc/sys` by a thread inside the namespace (`/proc/sys/net` shows the reader's
+    /// namespace), as `(key, value)`.
+    fn sysctls(&self) -> Vec<(String, String)> {
+        let netns = self.path();
+        let thread = std::thread::spawn(move || {
+            let mut found = Vec::new();
+            let Ok(file) = std::fs::File::open(&netns) else {
+                return found;
+            };
+            if setns(&file, CloneFlags::CLONE_NEWNET).is_err() {
+                return found;
+            }
+            let root = Path::new("/proc/sys");
+            let mut dirs = vec![
+                root.join("net/ipv4/vs"),
+                root.join("net/ipv4/conf"),
+                root.join("net/netfilter"),
+                root.join("net/bridge"),
+                root.join("net/ipv6/conf/all"),
+                root.join("net/ipv6/conf/default"),
+            ];
+            for file in ["net/ipv4/ip_forward", "net/ipv4/ip_nonlocal_bind"] {
+                read_sysctl(root, &root.join(file), &mut found);
+            }
+            while let Some(dir) = dirs.pop() {
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if path.is_dir() {
+                        dirs.push(path);
+                    } else {
+                        read_sysctl(root, &path, &mut found);
+                    }
+                }
+            }
+            found
+        });
+        thread.join().unwrap_or_default()
+    }
+
     /// The value of the sample `name` (without labels) on the metrics server, if it
     /// answers and has it.
     pub fn metric(&self, metrics_address: &str, name: &str) -> Option<f64> {
@@ -186,6 +234,34 @@ impl NodeNs {
             })?;
             rest.split_whitespace().next()?.parse().ok()
         })
+    }
+}
+
+/// What a capture runs inside the node, in one shell: `(name, command)`.
+const TOOLS: [(&str, &str); 6] = [
+    ("ipvsadm", "ipvsadm -Sn"),
+    ("timeouts", "ipvsadm -Ln --timeout"),
+    ("ipset", "ipset save"),
+    ("iptables", "iptables-save"),
+    ("ip6tables", "ip6tables-save"),
+    ("links", "ip -d -j addr show"),
+];
+
+/// Starts each tool's output in the capture script's output.
+const MARK: &str = "@@kipvs-conformance@@ ";
+
+/// Adds the sysctl at `path` (under `root`) to `found` when it is one a proxy writes and
+/// it can be read.
+fn read_sysctl(root: &Path, path: &Path, found: &mut Vec<(String, String)>) {
+    let Ok(relative) = path.strip_prefix(root) else {
+        return;
+    };
+    let key = relative.to_string_lossy().replace('/', ".");
+    if !normalize::proxy_sysctl(&key) {
+        return;
+    }
+    if let Ok(value) = std::fs::read_to_string(path) {
+        found.push((key, value));
     }
 }
 

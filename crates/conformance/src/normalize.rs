@@ -252,15 +252,6 @@ pub fn proxy_sysctl(key: &str) -> bool {
         })
 }
 
-/// `sysctl -a` output reduced to the [`proxy_sysctl`] keys, as [`sysctls`] writes them.
-pub fn sysctl_a(text: &str) -> Vec<String> {
-    sysctls(
-        text.lines()
-            .filter_map(|l| l.split_once(" = "))
-            .filter(|(key, _)| proxy_sysctl(key.trim())),
-    )
-}
-
 /// What an HTTP server answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpAnswer {
@@ -557,29 +548,26 @@ COMMIT
     }
 
     #[test]
-    fn sysctl_a_keeps_what_proxies_write_and_drops_the_rest() {
-        let text = "net.core.somaxconn = 4096
-net.ipv4.conf.all.arp_announce = 2
-net.ipv4.conf.kube-ipvs0.arp_ignore = 0
-net.ipv4.conf.eth0.mtu_expires = 600
-net.ipv4.ip_forward = 1
-net.ipv4.vs.conntrack = 1
-net.netfilter.nf_conntrack_count = 7
-net.netfilter.nf_conntrack_tcp_timeout_established = 86400
-net.ipv6.conf.all.forwarding = 0
-net.ipv6.conf.all.disable_ipv6 = 0
-";
-        assert_eq!(
-            sysctl_a(text),
-            [
-                "net.ipv4.conf.all.arp_announce = 2",
-                "net.ipv4.conf.kube-ipvs0.arp_ignore = 0",
-                "net.ipv4.ip_forward = 1",
-                "net.ipv4.vs.conntrack = 1",
-                "net.ipv6.conf.all.forwarding = 0",
-                "net.netfilter.nf_conntrack_tcp_timeout_established = 86400",
-            ]
-        );
+    fn the_sysctls_kept_are_those_proxies_write() {
+        for key in [
+            "net.ipv4.conf.all.arp_announce",
+            "net.ipv4.conf.kube-ipvs0.arp_ignore",
+            "net.ipv4.ip_forward",
+            "net.ipv4.vs.conntrack",
+            "net.ipv6.conf.all.forwarding",
+            "net.netfilter.nf_conntrack_tcp_timeout_established",
+            "net.bridge.bridge-nf-call-iptables",
+        ] {
+            assert!(proxy_sysctl(key), "{key}");
+        }
+        for key in [
+            "net.core.somaxconn",
+            "net.ipv4.conf.eth0.mtu_expires",
+            "net.netfilter.nf_conntrack_count",
+            "net.ipv6.conf.all.disable_ipv6",
+        ] {
+            assert!(!proxy_sysctl(key), "{key}");
+        }
     }
 
     #[test]

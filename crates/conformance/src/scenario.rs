@@ -2,7 +2,8 @@
 //! - `cluster.yaml`: the cluster's Services, EndpointSlices and Nodes, as `kubectl`
 //!   applies them (multi-document, or a `kind: List`). A `status` (a Node's addresses, a
 //!   LoadBalancer's ingress) is written through the status subresource after the object
-//!   is created, as the kubelet and cloud controllers do.
+//!   is created, as the kubelet and cloud controllers do. Namespaces are created as
+//!   needed.
 //! - `config.yaml`: the KubeProxyConfiguration both proxies run with (`mode: ipvs`;
 //!   `hostnameOverride` names the node; `clientConnection.kubeconfig` is filled in per
 //!   proxy by the driver).
@@ -63,19 +64,6 @@ pub enum ScenarioError {
         /// What is wrong.
         reason: String,
     },
-}
-
-/// An object's status, written through the status subresource after creation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StatusPatch {
-    /// `service` or `node`, as kubectl names the resource.
-    pub resource: String,
-    /// The namespace, for namespaced objects.
-    pub namespace: Option<String>,
-    /// The object's name.
-    pub name: String,
-    /// The merge patch: `{"status": ...}`.
-    pub patch: Value,
 }
 
 impl Scenario {
@@ -210,27 +198,22 @@ impl Scenario {
             .collect()
     }
 
-    /// The statuses to write after creation, in order.
-    pub fn status_patches(&self) -> Vec<StatusPatch> {
+    /// The statuses to write after creation through the status subresource: objects
+    /// with only kind, name, namespace and `status`.
+    pub fn statuses(&self) -> Vec<Value> {
         self.objects
             .iter()
             .filter(|o| o.get("status").is_some_and(|s| !s.is_null()))
-            .filter_map(|o| {
-                let resource = match o["kind"].as_str()? {
-                    "Service" => "service",
-                    "Node" => "node",
-                    _ => return None,
-                };
-                Some(StatusPatch {
-                    resource: resource.to_owned(),
-                    namespace: (resource != "node").then(|| {
-                        o["metadata"]["namespace"]
-                            .as_str()
-                            .unwrap_or("default")
-                            .to_owned()
-                    }),
-                    name: o["metadata"]["name"].as_str()?.to_owned(),
-                    patch: serde_json::json!({"status": o["status"].clone()}),
+            .map(|o| {
+                let mut metadata = serde_json::json!({"name": o["metadata"]["name"]});
+                if let Some(ns) = o["metadata"].get("namespace") {
+                    metadata["namespace"] = ns.clone();
+                }
+                serde_json::json!({
+                    "apiVersion": o["apiVersion"],
+                    "kind": o["kind"],
+                    "metadata": metadata,
+                    "status": o["status"],
                 })
             })
             .collect()
@@ -344,7 +327,7 @@ items:
 ";
 
     #[test]
-    fn objects_come_from_documents_and_lists_and_statuses_become_patches() {
+    fn objects_come_from_documents_and_lists_and_statuses_are_applied_apart() {
         let s = scenario(CLUSTER, "hostnameOverride: node-a\n");
         assert_eq!(s.objects.len(), 3);
         assert_eq!(s.node_name(), Some("node-a"));
@@ -354,14 +337,16 @@ items:
             ["default", "shop"]
         );
         assert!(s.creatable().iter().all(|o| o.get("status").is_none()));
-        let patches = s.status_patches();
-        assert_eq!(patches.len(), 2);
-        assert_eq!(patches[0].resource, "node");
-        assert_eq!(patches[0].namespace, None);
-        assert_eq!(patches[1].resource, "service");
-        assert_eq!(patches[1].namespace.as_deref(), Some("shop"));
+        let statuses = s.statuses();
+        assert_eq!(statuses.len(), 2);
         assert_eq!(
-            patches[1].patch["status"]["loadBalancer"]["ingress"][0]["ip"],
+            statuses[0],
+            serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+                               "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.10"}]}})
+        );
+        assert_eq!(statuses[1]["metadata"]["namespace"], "shop");
+        assert_eq!(
+            statuses[1]["status"]["loadBalancer"]["ingress"][0]["ip"],
             "203.0.113.10"
         );
         assert!(objects("- 1\n").is_err());
