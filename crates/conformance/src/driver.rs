@@ -154,6 +154,40 @@ pub fn report(result: &ScenarioResult) -> String {
     out
 }
 
+/// Every unexplained difference of a run, once, with the scenarios it was found in
+/// (`-` only kube-proxy's node has the line, `+` only kipvs'), most widespread first: the
+/// list of what kipvs still does differently.
+pub fn unexplained_summary(results: &[ScenarioResult]) -> String {
+    let mut seen: std::collections::BTreeMap<(String, char, String), Vec<&str>> =
+        std::collections::BTreeMap::new();
+    for result in results {
+        let Ok(comparison) = &result.comparison else {
+            continue;
+        };
+        for d in comparison.unexplained() {
+            let sign = match d.side {
+                crate::rules::Side::KubeProxy => '-',
+                crate::rules::Side::Kipvs => '+',
+            };
+            seen.entry((d.section.to_string(), sign, d.line.clone()))
+                .or_default()
+                .push(&result.name);
+        }
+    }
+    let mut rows: Vec<_> = seen.into_iter().collect();
+    rows.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(&b.0)));
+    let mut out = String::new();
+    for ((section, sign, line), scenarios) in rows {
+        let _ = writeln!(
+            out,
+            "{section} {sign}{line}\n    in {} scenarios: {}",
+            scenarios.len(),
+            scenarios.join(", ")
+        );
+    }
+    out
+}
+
 /// Runs one scenario: creates its objects, runs both proxies, compares.
 pub fn run_scenario(setup: &Setup, scenario: &Scenario, rules: &[Rule]) -> ScenarioResult {
     let dir = setup.results.join(&scenario.name);
@@ -236,11 +270,7 @@ fn run_proxy(
                 tail(&log_path)
             )));
         }
-        if node
-            .ns
-            .metric(&metrics, SYNC_METRIC)
-            .is_some_and(|v| v > 0.0)
-        {
+        if synced(&node.ns.metric_samples(&metrics, SYNC_METRIC)) {
             break;
         }
         if start.elapsed() > setup.sync_timeout {
@@ -258,12 +288,33 @@ fn run_proxy(
     Ok(capture)
 }
 
-/// Captures until two captures in a row, 3 s apart, are equal (a proxy may sync more
+/// Whether the samples of [`SYNC_METRIC`] say the proxy has synced: each is set, and
+/// when they are per address family (an `ip_family` label, as kube-proxy's), both of the
+/// node's families have one (kube-proxy syncs them one after the other).
+fn synced(samples: &[(String, f64)]) -> bool {
+    let families: Vec<&str> = samples
+        .iter()
+        .filter_map(|(labels, _)| {
+            labels
+                .split(',')
+                .find_map(|l| l.trim().strip_prefix("ip_family="))
+                .map(|v| v.trim_matches('"'))
+        })
+        .collect();
+    !samples.is_empty()
+        && samples.iter().all(|(_, v)| *v > 0.0)
+        && (families.is_empty() || NODE_FAMILIES.iter().all(|f| families.contains(f)))
+}
+
+/// The address families every node namespace has ([`NODE_SETUP`]).
+const NODE_FAMILIES: [&str; 2] = ["IPv4", "IPv6"];
+
+/// Captures until two captures in a row, 2 s apart, are equal (a proxy may sync more
 /// than once as its informers settle).
 fn stable_capture(ns: &NodeNs, probes: &Probes) -> Result<Capture, String> {
     let mut last = ns.capture(probes).map_err(|e| e.to_string())?;
-    for _ in 0..10 {
-        std::thread::sleep(Duration::from_secs(3));
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_secs(2));
         let next = ns.capture(probes).map_err(|e| e.to_string())?;
         if next == last {
             return Ok(next);
@@ -480,4 +531,67 @@ fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::Section;
+
+    fn result(name: &str, kube_proxy: &[&str], kipvs: &[&str]) -> ScenarioResult {
+        let capture = |lines: &[&str]| {
+            let mut c = Capture::new();
+            c.set(
+                Section::Sysctl,
+                lines.iter().map(|l| (*l).to_owned()).collect(),
+            );
+            c
+        };
+        ScenarioResult {
+            name: name.to_owned(),
+            comparison: Ok(Comparison::new(&capture(kube_proxy), &capture(kipvs), &[])),
+        }
+    }
+
+    #[test]
+    fn a_sync_counts_once_every_family_has_synced() {
+        let sample = |labels: &str, v: f64| (labels.to_owned(), v);
+        assert!(!synced(&[]));
+        assert!(synced(&[sample("", 1.7e9)]));
+        assert!(!synced(&[sample("", 0.0)]));
+        assert!(!synced(&[sample("ip_family=\"IPv4\"", 1.7e9)]));
+        assert!(synced(&[
+            sample("ip_family=\"IPv4\"", 1.7e9),
+            sample("ip_family=\"IPv6\"", 1.7e9)
+        ]));
+        assert!(!synced(&[
+            sample("ip_family=\"IPv4\"", 1.7e9),
+            sample("ip_family=\"IPv6\"", 0.0)
+        ]));
+    }
+
+    #[test]
+    fn totals_and_the_summary_count_each_difference_once_with_its_scenarios() {
+        let results = [
+            result("a", &["x = 1"], &["x = 2"]),
+            result("b", &["x = 1", "y = 1"], &["x = 2", "y = 1"]),
+            result("c", &["y = 1"], &["y = 1"]),
+            ScenarioResult {
+                name: "d".into(),
+                comparison: Err("no sync".into()),
+            },
+        ];
+        let totals = Totals::of(&results);
+        assert_eq!(
+            totals.line(),
+            "conformance: 4 scenarios, 1 identical, 0 explained, 3 unexplained"
+        );
+        assert_eq!(totals.failed, 1);
+        assert_eq!(
+            unexplained_summary(&results),
+            "sysctl +x = 2\n    in 2 scenarios: a, b\nsysctl -x = 1\n    in 2 scenarios: a, b\n"
+        );
+        assert!(report(&results[3]).starts_with("scenario d: FAILED: no sync"));
+        assert!(report(&results[2]).starts_with("scenario c: identical"));
+    }
 }

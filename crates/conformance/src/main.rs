@@ -158,6 +158,10 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
         print!("{}", driver::report(&result));
         results.push(result);
     }
+    let summary = args.results.join("unexplained.txt");
+    if let Err(e) = std::fs::write(&summary, driver::unexplained_summary(&results)) {
+        eprintln!("{}: {e}", summary.display());
+    }
     let totals = Totals::of(&results);
     if totals.failed > 0 {
         let failed: Vec<&str> = results

@@ -221,19 +221,26 @@ impl NodeNs {
         thread.join().unwrap_or_default()
     }
 
-    /// The value of the sample `name` (without labels) on the metrics server, if it
-    /// answers and has it.
-    pub fn metric(&self, metrics_address: &str, name: &str) -> Option<f64> {
-        let answer = self.get(metrics_address, "/metrics").ok()?;
-        answer.body.lines().find_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let rest = rest.strip_prefix(' ').or_else(|| {
-                // A sample with labels: `name{...} value`.
-                rest.strip_prefix('{')
-                    .and_then(|r| r.split_once("} ").map(|(_, v)| v))
-            })?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
+    /// The samples of metric `name` on the metrics server: `(labels, value)` for each,
+    /// `labels` being the text between the braces (empty without labels). Empty when the
+    /// server does not answer or has no such sample.
+    pub fn metric_samples(&self, metrics_address: &str, name: &str) -> Vec<(String, f64)> {
+        let Ok(answer) = self.get(metrics_address, "/metrics") else {
+            return Vec::new();
+        };
+        answer
+            .body
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix(name)?;
+                let (labels, rest) = match rest.strip_prefix('{') {
+                    Some(r) => r.split_once("} ")?,
+                    None => ("", rest.strip_prefix(' ')?),
+                };
+                let value = rest.split_whitespace().next()?.parse().ok()?;
+                Some((labels.to_owned(), value))
+            })
+            .collect()
     }
 }
 

@@ -85,7 +85,8 @@ fn programmed_node(dir: &Path) -> (Netns, Child) {
         .unwrap();
     let node = NodeNs::new(ns.name());
     wait_for("kipvs' first sync", Duration::from_secs(90), || {
-        node.metric(METRICS, SYNC_METRIC).is_some_and(|v| v > 0.0)
+        let samples = node.metric_samples(METRICS, SYNC_METRIC);
+        !samples.is_empty() && samples.iter().all(|(_, v)| *v > 0.0)
     });
     (ns, child)
 }
