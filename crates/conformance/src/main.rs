@@ -29,6 +29,18 @@ enum Cmd {
     Capture(CaptureArgs),
     /// Compare kube-proxy's capture with kipvs' under the README's rules.
     Compare(CompareArgs),
+    /// Compare again every scenario of an earlier run's results (after a change to the
+    /// README's table, say): the same report and totals as `run`, without a VM.
+    Recompare(RecompareArgs),
+}
+
+#[derive(Debug, Args)]
+struct RecompareArgs {
+    /// The results directory of a run (one directory per scenario with both captures).
+    results: PathBuf,
+    /// The README holding the table of intended differences.
+    #[arg(long)]
+    readme: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +122,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run(&args),
         Cmd::Capture(args) => capture(&args),
         Cmd::Compare(args) => compare(&args),
+        Cmd::Recompare(args) => recompare(&args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("kipvs-conformance: {e}");
@@ -158,11 +171,17 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
         print!("{}", driver::report(&result));
         results.push(result);
     }
-    let summary = args.results.join("unexplained.txt");
-    if let Err(e) = std::fs::write(&summary, driver::unexplained_summary(&results)) {
+    Ok(finish(&results, &args.results))
+}
+
+/// Writes the summary of unexplained differences into `dir`, prints the totals and
+/// says how the run went.
+fn finish(results: &[driver::ScenarioResult], dir: &std::path::Path) -> ExitCode {
+    let summary = dir.join("unexplained.txt");
+    if let Err(e) = std::fs::write(&summary, driver::unexplained_summary(results)) {
         eprintln!("{}: {e}", summary.display());
     }
-    let totals = Totals::of(&results);
+    let totals = Totals::of(results);
     if totals.failed > 0 {
         let failed: Vec<&str> = results
             .iter()
@@ -176,11 +195,43 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
         );
     }
     println!("{}", totals.line());
-    Ok(if totals.unexplained == 0 {
+    if totals.unexplained == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
+}
+
+fn recompare(args: &RecompareArgs) -> Result<ExitCode, String> {
+    let rules = read_rules(&args.readme)?;
+    let entries =
+        std::fs::read_dir(&args.results).map_err(|e| format!("{}: {e}", args.results.display()))?;
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join("kube-proxy.capture").is_file() || p.join("report.txt").is_file())
+        .collect();
+    dirs.sort();
+    let mut results = Vec::new();
+    for dir in dirs {
+        let name = dir
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let comparison = (|| {
+            let kube_proxy = read_capture(&dir.join("kube-proxy.capture"))?;
+            let kipvs = read_capture(&dir.join("kipvs.capture"))?;
+            Ok(Comparison::new(&kube_proxy, &kipvs, &rules))
+        })();
+        let result = driver::ScenarioResult { name, comparison };
+        print!("{}", driver::report(&result));
+        results.push(result);
+    }
+    Ok(finish(&results, &args.results))
+}
+
+fn read_capture(path: &std::path::Path) -> Result<Capture, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Capture::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn capture(args: &CaptureArgs) -> Result<ExitCode, String> {
@@ -199,11 +250,11 @@ fn capture(args: &CaptureArgs) -> Result<ExitCode, String> {
 
 fn compare(args: &CompareArgs) -> Result<ExitCode, String> {
     let rules = read_rules(&args.readme)?;
-    let read = |path: &PathBuf| -> Result<Capture, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Capture::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
-    };
-    let comparison = Comparison::new(&read(&args.kube_proxy)?, &read(&args.kipvs)?, &rules);
+    let comparison = Comparison::new(
+        &read_capture(&args.kube_proxy)?,
+        &read_capture(&args.kipvs)?,
+        &rules,
+    );
     print!("{}", comparison.report());
     let outcome = comparison.outcome();
     println!(

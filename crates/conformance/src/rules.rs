@@ -102,6 +102,9 @@ pub enum RulesError {
     /// No heading [`HEADING`].
     #[error("the README has no heading {HEADING:?}")]
     NoHeading,
+    /// The heading more than once: which table holds the rules would be a guess.
+    #[error("the README has the heading {HEADING:?} more than once (lines {0:?})")]
+    DuplicateHeading(Vec<usize>),
     /// No table under it, or one without a `Rule` column.
     #[error("no table with a `Rule` column under {HEADING:?}")]
     NoTable,
@@ -124,10 +127,21 @@ pub enum RulesError {
 /// section or side, invalid regex).
 pub fn from_readme(readme: &str) -> Result<Vec<Rule>, RulesError> {
     let lines: Vec<&str> = readme.lines().collect();
-    let start = lines
+    let headings: Vec<usize> = lines
         .iter()
-        .position(|l| l.trim_end() == HEADING)
-        .ok_or(RulesError::NoHeading)?;
+        .enumerate()
+        .filter(|(_, l)| l.trim_end() == HEADING)
+        .map(|(i, _)| i)
+        .collect();
+    let start = match headings.as_slice() {
+        [] => return Err(RulesError::NoHeading),
+        [one] => *one,
+        more => {
+            return Err(RulesError::DuplicateHeading(
+                more.iter().map(|i| i + 1).collect(),
+            ))
+        }
+    };
     let mut rows = lines
         .iter()
         .enumerate()
@@ -305,6 +319,10 @@ Some words.
         let bad = README.replace("`metrics kipvs kipvs_(a\\|b)`", "`metrics kipvs (`");
         assert!(matches!(from_readme(&bad), Err(RulesError::BadRule { .. })));
         assert_eq!(from_readme("# x\n").err(), Some(RulesError::NoHeading));
+        assert_eq!(
+            from_readme(&format!("{README}\n{HEADING}\n")).err(),
+            Some(RulesError::DuplicateHeading(vec![3, 20]))
+        );
         assert_eq!(
             from_readme("## Intended differences from kube-proxy\n\nnone\n").err(),
             Some(RulesError::NoTable)
