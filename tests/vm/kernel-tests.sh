@@ -45,6 +45,28 @@ for module in ip_vs dummy veth ip_set; do
         record FAIL "preflight::module::$module" "$(tr '\n' ' ' <"$results/logs/modprobe-$module.log")"
 done
 
+# The node's conntrack limit, as `kipvs prepare` sets it in the host's network namespace
+# with kube-proxy's defaults: max(32768 x CPUs, 131072), and the hash table at least a
+# quarter of it. Only the initial namespace may change either, and the tests run kipvs
+# in other namespaces, where (as kube-proxy does) it stops when the limit differs.
+cpus=0
+IFS=, read -ra cpu_ranges </sys/devices/system/cpu/online
+for range in "${cpu_ranges[@]}"; do
+    if [[ "$range" == *-* ]]; then cpus=$((cpus + ${range#*-} - ${range%-*} + 1)); else cpus=$((cpus + 1)); fi
+done
+conntrack_max=$((32768 * cpus))
+[ "$conntrack_max" -lt 131072 ] && conntrack_max=131072
+if modprobe nf_conntrack >"$results/logs/conntrack.log" 2>&1 &&
+    echo "$conntrack_max" >/proc/sys/net/netfilter/nf_conntrack_max 2>>"$results/logs/conntrack.log"; then
+    hashsize=/sys/module/nf_conntrack/parameters/hashsize
+    if [ "$(cat "$hashsize")" -lt $((conntrack_max / 4)) ]; then
+        echo $((conntrack_max / 4)) >"$hashsize" 2>>"$results/logs/conntrack.log" ||
+            record FAIL "preflight::conntrack::hashsize" "$(tr '\n' ' ' <"$results/logs/conntrack.log")"
+    fi
+else
+    record FAIL "preflight::conntrack::nf_conntrack_max" "$(tr '\n' ' ' <"$results/logs/conntrack.log")"
+fi
+
 for bin in "$@"; do
     suite=$(basename "$bin" | sed 's/-[0-9a-f]*$//')
     if ! list=$("$bin" --list --ignored --format terse 2>&1); then

@@ -53,6 +53,7 @@
 
 pub mod cleanup;
 mod cmd;
+pub mod conntrack;
 mod error;
 pub mod ipset;
 pub mod iptables;

@@ -10,6 +10,7 @@
 //! Most of these are per network namespace: they apply to the namespace of the thread
 //! that opens the file.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -97,7 +98,7 @@ pub struct Setting {
     /// The sysctl, as `sysctl(8)` names it.
     pub name: &'static str,
     /// The value to write.
-    pub value: &'static str,
+    pub value: Cow<'static, str>,
     /// Whether its absence is an error (otherwise a warning).
     pub required: bool,
 }
@@ -112,7 +113,7 @@ impl Setting {
 const fn setting(name: &'static str, value: &'static str, required: bool) -> Setting {
     Setting {
         name,
-        value,
+        value: Cow::Borrowed(value),
         required,
     }
 }
@@ -227,20 +228,22 @@ impl Sysctls {
         if current == setting.value {
             return Ok(Outcome::Unchanged);
         }
-        std::fs::write(self.path(setting.name), setting.value).map_err(|source| Error::Sysctl {
-            name: setting.name.to_owned(),
-            op: "write",
-            source,
+        std::fs::write(self.path(setting.name), setting.value.as_bytes()).map_err(|source| {
+            Error::Sysctl {
+                name: setting.name.to_owned(),
+                op: "write",
+                source,
+            }
         })?;
         let found = self.read(setting.name)?.unwrap_or_default();
         if found != setting.value {
             return Err(Error::SysctlNotTaken {
                 name: setting.name.to_owned(),
-                wanted: setting.value.to_owned(),
+                wanted: setting.value.to_string(),
                 found,
             });
         }
-        tracing::info!(sysctl = setting.name, from = %current, to = setting.value, "sysctl changed");
+        tracing::info!(sysctl = setting.name, from = %current, to = %setting.value, "sysctl changed");
         Ok(Outcome::Changed { from: current })
     }
 
@@ -353,7 +356,7 @@ mod tests {
         let plain = kube_proxy_settings(SysctlConfig { strict_arp: false }, KernelVersion(6, 1, 0));
         assert!(!names(&plain).contains(&"net.ipv4.conf.all.arp_ignore"));
         let strict = kube_proxy_settings(SysctlConfig { strict_arp: true }, KernelVersion(6, 1, 0));
-        let values: Vec<_> = strict.iter().map(|s| (s.name, s.value)).collect();
+        let values: Vec<_> = strict.iter().map(|s| (s.name, s.value.as_ref())).collect();
         assert!(values.contains(&("net.ipv4.conf.all.arp_ignore", "1")));
         assert!(values.contains(&("net.ipv4.conf.all.arp_announce", "2")));
         assert!(values.contains(&("net.ipv4.vs.conntrack", "1")));

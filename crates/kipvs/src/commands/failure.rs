@@ -205,7 +205,38 @@ impl From<SetupError> for Failure {
         match err {
             SetupError::Ipvs(e) => e.into(),
             SetupError::Host(e) => e.into(),
+            SetupError::Conntrack { max, cpus, source } => conntrack_failure(max, cpus, &source),
         }
+    }
+}
+
+/// A conntrack setting that could not be applied: kube-proxy stops there too, and the
+/// way out depends on which one and why.
+fn conntrack_failure(max: Option<u64>, cpus: u32, err: &kipvs_host::Error) -> Failure {
+    use kipvs_host::conntrack::MAX;
+    let errno = err.errno();
+    let why = match errno {
+        Some(nix::libc::EACCES | nix::libc::EPERM) => "permission denied",
+        Some(nix::libc::EROFS) => "/proc/sys is read-only here",
+        _ => return Failure::Other(format!("conntrack: {err}")),
+    };
+    let name = match err {
+        kipvs_host::Error::Sysctl { name, .. } => name.as_str(),
+        _ => "",
+    };
+    if name == MAX {
+        let max = max.unwrap_or_default();
+        Failure::Other(format!(
+            "cannot set {MAX} to {max} (conntrack.maxPerCore x {cpus} CPUs, at least \
+             conntrack.min): {why}: only root in the host's network namespace may change it; \
+             run `kipvs prepare` there first, or set conntrack.maxPerCore: 0 to leave the \
+             limit as it is (kube-proxy stops here too)"
+        ))
+    } else {
+        Failure::Other(format!(
+            "cannot set {name}: {why}: run as root, or run `kipvs prepare` as root first, or \
+             set that conntrack field to 0 to leave it (kube-proxy stops here too)"
+        ))
     }
 }
 
@@ -285,6 +316,27 @@ mod tests {
         assert_eq!(
             other.line("run"),
             "kipvs run: cannot start: modprobe: FATAL; second line"
+        );
+    }
+
+    #[test]
+    fn an_unwritable_conntrack_limit_says_where_it_can_be_set_and_how_to_leave_it() {
+        let err = SetupError::Conntrack {
+            max: Some(131_072),
+            cpus: 2,
+            source: kipvs_host::Error::Sysctl {
+                name: "net.netfilter.nf_conntrack_max".into(),
+                op: "write",
+                source: std::io::Error::from_raw_os_error(nix::libc::EACCES),
+            },
+        };
+        assert_eq!(
+            Failure::from(err).line("run"),
+            "kipvs run: cannot set net.netfilter.nf_conntrack_max to 131072 \
+             (conntrack.maxPerCore x 2 CPUs, at least conntrack.min): permission denied: only \
+             root in the host's network namespace may change it; run `kipvs prepare` there \
+             first, or set conntrack.maxPerCore: 0 to leave the limit as it is (kube-proxy \
+             stops here too)"
         );
     }
 

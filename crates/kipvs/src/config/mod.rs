@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+pub use kipvs_host::conntrack::ConntrackConfig;
 use kipvs_ipvs::Scheduler;
 
 pub use schema::{DetectLocalMode, NodePortAddress};
@@ -139,6 +140,8 @@ pub struct Config {
     pub verbosity: u32,
     /// Feature gates as given.
     pub feature_gates: BTreeMap<String, bool>,
+    /// The `conntrack` section, applied at start as kube-proxy applies it.
+    pub conntrack: ConntrackConfig,
 }
 
 impl Default for Config {
@@ -227,7 +230,6 @@ const UNUSED_FIELDS: &[&str] = &[
     "nftables",
     "winkernel",
     "oomScoreAdj",
-    "conntrack",
     "configSyncPeriod",
     "portRange",
     "windowsRunAsService",
@@ -342,6 +344,25 @@ impl Config {
             },
             verbosity: logging.verbosity.unwrap_or(0),
             feature_gates: raw.feature_gates.unwrap_or_default(),
+            conntrack: {
+                let given = raw.conntrack.unwrap_or_default();
+                let defaults = ConntrackConfig::default();
+                ConntrackConfig {
+                    max_per_core: given.max_per_core.unwrap_or(defaults.max_per_core),
+                    min: given.min.unwrap_or(defaults.min),
+                    tcp_established_timeout: given
+                        .tcp_established_timeout
+                        .unwrap_or(defaults.tcp_established_timeout),
+                    tcp_close_wait_timeout: given
+                        .tcp_close_wait_timeout
+                        .unwrap_or(defaults.tcp_close_wait_timeout),
+                    tcp_be_liberal: given.tcp_be_liberal.unwrap_or(defaults.tcp_be_liberal),
+                    udp_timeout: given.udp_timeout.unwrap_or(defaults.udp_timeout),
+                    udp_stream_timeout: given
+                        .udp_stream_timeout
+                        .unwrap_or(defaults.udp_stream_timeout),
+                }
+            },
         }
     }
 

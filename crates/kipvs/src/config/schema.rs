@@ -288,12 +288,12 @@ pub struct DetectLocal {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Conntrack {
-    /// Conntrack entries per CPU.
-    #[serde(default)]
-    pub max_per_core: Option<i32>,
+    /// Conntrack entries per CPU (0 leaves nf_conntrack_max as it is).
+    #[serde(default, deserialize_with = "non_negative")]
+    pub max_per_core: Option<u32>,
     /// Minimum conntrack table size.
-    #[serde(default)]
-    pub min: Option<i32>,
+    #[serde(default, deserialize_with = "non_negative")]
+    pub min: Option<u32>,
     /// Established TCP timeout.
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     pub tcp_established_timeout: Option<Duration>,
@@ -510,6 +510,15 @@ fn masquerade_bit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Erro
             .ok_or_else(|| {
                 de::Error::custom(format!("masqueradeBit {bit} is out of range 0..=31"))
             }),
+    }
+}
+
+fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    match Option::<i64>::deserialize(d)? {
+        None => Ok(None),
+        Some(v) => u32::try_from(v)
+            .map(Some)
+            .map_err(|_| de::Error::custom(format!("{v} must be within 0..={}", u32::MAX))),
     }
 }
 

@@ -372,13 +372,44 @@ fn node_port_addresses_accept_keywords_and_cidrs() {
 
 #[test]
 fn set_but_unused_fields_are_reported() {
-    let loaded =
-        parse("conntrack:\n  maxPerCore: 32768\nenableProfiling: true\nipvs:\n  strictARP: true\n")
-            .unwrap();
+    let loaded = parse(
+        "conntrack:\n  maxPerCore: 32768\nenableProfiling: true\noomScoreAdj: -999\nipvs:\n  strictARP: true\n",
+    )
+    .unwrap();
+    assert_eq!(loaded.unused_fields, vec!["enableProfiling", "oomScoreAdj"]);
+}
+
+#[test]
+fn the_conntrack_section_gets_kube_proxys_defaults_and_explicit_zeros_stay() {
+    let defaults = parse(KUBEADM_STYLE).unwrap().config.conntrack;
+    assert_eq!(defaults, ConntrackConfig::default());
+    assert_eq!(defaults.max_per_core, 32768);
+    assert_eq!(defaults.min, 131_072);
     assert_eq!(
-        loaded.unused_fields,
-        vec!["conntrack.maxPerCore", "enableProfiling"]
+        defaults.tcp_established_timeout,
+        Duration::from_secs(86_400)
     );
+    assert_eq!(defaults.tcp_close_wait_timeout, Duration::from_secs(3600));
+    let set = parse(
+        "conntrack:\n  maxPerCore: 0\n  min: 10\n  tcpEstablishedTimeout: 0s\n  tcpCloseWaitTimeout: 30m\n  tcpBeLiberal: true\n  udpTimeout: 45s\n  udpStreamTimeout: 3m\n",
+    )
+    .unwrap()
+    .config
+    .conntrack;
+    assert_eq!(
+        set,
+        ConntrackConfig {
+            max_per_core: 0,
+            min: 10,
+            tcp_established_timeout: Duration::ZERO,
+            tcp_close_wait_timeout: Duration::from_secs(1800),
+            tcp_be_liberal: true,
+            udp_timeout: Duration::from_secs(45),
+            udp_stream_timeout: Duration::from_secs(180),
+        }
+    );
+    let (line, _, field, _) = invalid("conntrack:\n  maxPerCore: -1\n");
+    assert_eq!((line, field.as_str()), (2, "conntrack.maxPerCore"));
 }
 
 #[test]

@@ -28,6 +28,16 @@ pub enum SetupError {
     /// kube-ipvs0, a sysctl, the ipsets or iptables failed.
     #[error(transparent)]
     Host(#[from] kipvs_host::Error),
+    /// A conntrack limit or timeout of the `conntrack` section could not be applied.
+    #[error("{source}")]
+    Conntrack {
+        /// The nf_conntrack_max wanted, if any.
+        max: Option<u64>,
+        /// The CPUs it was computed for.
+        cpus: u32,
+        /// What failed.
+        source: kipvs_host::Error,
+    },
 }
 
 /// The node's kernel.
@@ -157,7 +167,36 @@ pub fn prepare_kernel(config: &Config) -> Result<(), SetupError> {
         },
         KernelVersion::running()?,
     );
-    for (name, outcome) in Sysctls::default().apply(&settings)? {
+    let sysctls = Sysctls::default();
+    for (name, outcome) in sysctls.apply(&settings)? {
+        tracing::debug!(sysctl = name, ?outcome, "sysctl");
+    }
+    apply_conntrack(&sysctls, &config.conntrack)
+}
+
+/// Applies the `conntrack` section as kube-proxy's `setupConntrack` does, logging each
+/// change; see [`kipvs_host::conntrack`].
+fn apply_conntrack(
+    sysctls: &kipvs_host::sysctl::Sysctls,
+    config: &crate::config::ConntrackConfig,
+) -> Result<(), SetupError> {
+    use kipvs_host::conntrack::{cpu_count, plan, Sysfs};
+    let cpus = cpu_count();
+    let wanted = plan(config, cpus);
+    tracing::info!(
+        nf_conntrack_max = ?wanted.max,
+        cpus,
+        sysctls = ?wanted.sysctls,
+        "conntrack settings"
+    );
+    let applied = sysctls
+        .apply_conntrack(&wanted, &Sysfs::default())
+        .map_err(|err| SetupError::Conntrack {
+            max: wanted.max,
+            cpus,
+            source: err,
+        })?;
+    for (name, outcome) in applied.sysctls {
         tracing::debug!(sysctl = name, ?outcome, "sysctl");
     }
     Ok(())
