@@ -5,9 +5,35 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::flags::{CommandLine, KubeProxyFlags};
+
+/// The command line with `run` put in front when it is kube-proxy's (no subcommand,
+/// flags first: `kipvs --config=FILE --hostname-override=NAME`), so kube-proxy's own
+/// argv starts the proxy unchanged. `--help` and `--version` alone keep their meaning.
+pub fn kube_proxy_argv<I: IntoIterator<Item = std::ffi::OsString>>(
+    args: I,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let flags_first = match args.get(1).map(|a| a.to_string_lossy()) {
+        None => true,
+        Some(first) => {
+            first.starts_with('-')
+                && !matches!(first.as_ref(), "-h" | "--help" | "-V" | "--version")
+        }
+    };
+    if flags_first {
+        args.insert(1.min(args.len()), "run".into());
+    }
+    args
+}
+
 /// kipvs: Kubernetes Services on Linux IPVS, a drop-in for kube-proxy's ipvs mode.
 #[derive(Debug, Parser)]
-#[command(name = "kipvs", version = crate::version::LONG)]
+#[command(
+    name = "kipvs",
+    version = crate::version::LONG,
+    after_help = "kube-proxy's own command line works too: without a subcommand, `kipvs --config=FILE --hostname-override=NAME ...` is `kipvs run ...`."
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -18,7 +44,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy: keep the kernel equal to the cluster's Services.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the IPVS table kipvs would program for a state file.
     Plan(PlanArgs),
     /// Print the kernel's IPVS table as `ipvsadm -Ln` does.
@@ -37,7 +63,8 @@ pub struct RunArgs {
     /// kube-proxy's KubeProxyConfiguration YAML.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// kubeconfig to reach the API server (default: in-cluster).
+    /// kubeconfig to reach the API server (default: in-cluster); ignored with
+    /// --config, as kube-proxy ignores it (set clientConnection.kubeconfig there).
     #[arg(long, conflicts_with = "state")]
     pub kubeconfig: Option<PathBuf>,
     /// Replay Kubernetes manifests from a YAML file instead of watching an API server.
@@ -64,6 +91,21 @@ pub struct RunArgs {
     /// until its connections end, however long.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<std::time::Duration>,
+    /// kube-proxy's flags, with kube-proxy's meaning and precedence.
+    #[command(flatten)]
+    pub kube_proxy: KubeProxyFlags,
+}
+
+impl RunArgs {
+    /// What these arguments say about the configuration.
+    pub fn command_line(&self) -> CommandLine {
+        CommandLine {
+            config: self.config.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            hostname_override: self.hostname_override.clone(),
+            flags: self.kube_proxy.clone(),
+        }
+    }
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -147,4 +189,50 @@ pub struct DumpArgs {
     /// Only the virtual servers on this address.
     #[arg(long, value_name = "ADDRESS")]
     pub vip: Vec<std::net::IpAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(args: &[&str]) -> Vec<String> {
+        kube_proxy_argv(args.iter().map(std::ffi::OsString::from))
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn kube_proxys_argv_without_a_subcommand_is_run() {
+        assert_eq!(
+            argv(&["kipvs", "--config=/c", "--hostname-override=n"]),
+            ["kipvs", "run", "--config=/c", "--hostname-override=n"]
+        );
+        assert_eq!(argv(&["kipvs", "-v", "2"]), ["kipvs", "run", "-v", "2"]);
+        assert_eq!(argv(&["kipvs"]), ["kipvs", "run"]);
+        assert_eq!(
+            argv(&["kipvs", "dump", "--stats"]),
+            ["kipvs", "dump", "--stats"]
+        );
+        assert_eq!(argv(&["kipvs", "--version"]), ["kipvs", "--version"]);
+        assert_eq!(argv(&["kipvs", "--help"]), ["kipvs", "--help"]);
+    }
+
+    #[test]
+    fn kube_proxys_flags_parse_as_run_arguments() {
+        let cli = Cli::try_parse_from(argv(&[
+            "kube-proxy",
+            "--config=/var/lib/kube-proxy/config.conf",
+            "--hostname-override=node-a",
+            "--cleanup",
+            "--v=2",
+        ]))
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run");
+        };
+        assert!(run.cleanup);
+        assert_eq!(run.kube_proxy.verbosity, Some(2));
+        assert_eq!(run.hostname_override.as_deref(), Some("node-a"));
+    }
 }

@@ -137,3 +137,37 @@ fn unknown_and_unused_config_fields_are_logged_once_after_logging_starts() {
         "{stderr}"
     );
 }
+
+/// kube-proxy's own argv, unchanged, starts `run`; with `--config`, the flags kube-proxy
+/// ignores are ignored too, each with a warning saying where to set it.
+#[test]
+fn kube_proxys_argv_runs_the_proxy_and_names_the_flags_the_file_overrides() {
+    let config = config_file(
+        "argv",
+        "mode: ipvs\nhealthzBindAddress: 127.0.0.1:0\nmetricsBindAddress: 127.0.0.1:0\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kipvs"))
+        .arg(format!("--config={}", config.display()))
+        .args(["--hostname-override=node-a", "--ipvs-scheduler=lc", "--v=2"])
+        .env_remove("RUST_LOG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("the kipvs binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--ipvs-scheduler is ignored because --config is given (kube-proxy ignores it too): \
+             set ipvs.scheduler in {}",
+            config.display()
+        )),
+        "{stderr}"
+    );
+    // It ran `run` (which, here, has no API server or no IPVS to work with).
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("kipvs run: "), "{stderr}");
+
+    let version = kipvs(&["--version"]);
+    assert!(version.status.success());
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+}

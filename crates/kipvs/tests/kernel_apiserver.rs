@@ -47,7 +47,10 @@ fn run_follows_the_api_server_and_survives_its_outage() {
     let config = dir.join("config.yaml");
     std::fs::write(
         &config,
-        "mode: ipvs\nhealthzBindAddress: 127.0.0.1:10256\nmetricsBindAddress: 127.0.0.1:10249\nipvs: {syncPeriod: 2s}\n",
+        format!(
+            "mode: ipvs\nhealthzBindAddress: 127.0.0.1:10256\nmetricsBindAddress: 127.0.0.1:10249\nipvs: {{syncPeriod: 2s}}\nclientConnection: {{kubeconfig: \"{}\"}}\n",
+            kubeconfig.display()
+        ),
     )
     .unwrap();
     let child = Command::new("ip")
@@ -60,8 +63,6 @@ fn run_follows_the_api_server_and_survives_its_outage() {
             "--hostname-override",
             "node-a",
         ])
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
         .arg("--config")
         .arg(&config)
         .stdout(Stdio::null())

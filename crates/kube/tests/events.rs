@@ -112,7 +112,7 @@ async fn a_kubeconfig_written_by_the_test_server_reaches_it() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("kubeconfig");
     server.write_kubeconfig(&path).unwrap();
-    let client = client(Some(&path)).await.unwrap();
+    let client = client(Some(&path), None).await.unwrap();
     let services: Api<Service> = Api::all(client);
     assert_eq!(
         services

@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::Failure;
 use crate::cli::RunArgs;
-use crate::config::{Config, Loaded, LogFormat};
+use crate::config::flags::Resolved;
+use crate::config::{Config, LogFormat};
 use crate::owners::{self, Recorder};
 use crate::servers::service_health::listeners::{self, Reporter};
 use crate::servers::service_health::HealthChecks;
@@ -49,24 +50,14 @@ pub fn init_logging(format: LogFormat, verbosity: u32) {
     };
 }
 
-/// The configuration with the command line's overrides applied, as kube-proxy's flags
-/// override its file.
+/// The configuration the command line resolves to, with kube-proxy's precedence (see
+/// [`crate::config::flags`]).
 ///
-/// Fails with the file, line, column and field of a bad configuration.
-/// What the file says that kipvs ignores is not logged here (logging is not set up
-/// yet): call [`Loaded::log`] on the result once it is.
-pub fn load_config(args: &RunArgs) -> Result<Loaded, String> {
-    let mut loaded = match &args.config {
-        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
-        None => Loaded::defaults(),
-    };
-    if let Some(kubeconfig) = &args.kubeconfig {
-        loaded.config.kubeconfig = Some(kubeconfig.clone());
-    }
-    if let Some(name) = &args.hostname_override {
-        loaded.config.hostname_override = Some(name.clone());
-    }
-    Ok(loaded)
+/// Fails with the file, line, column and field of a bad configuration, or the flag.
+/// Nothing is logged here (logging is not set up yet): call [`Resolved::log`] on the
+/// result once it is.
+pub fn load_config(args: &RunArgs) -> Result<Resolved, String> {
+    args.command_line().resolve().map_err(|e| e.to_string())
 }
 
 /// This node's name: the override, else the hostname, lower-cased as Kubernetes does.
@@ -97,15 +88,18 @@ pub fn main(args: &RunArgs) -> Result<ExitCode, Failure> {
             config: args.config.clone(),
         });
     }
-    let loaded =
+    let resolved =
         load_config(args).map_err(|why| Failure::Other(format!("invalid configuration: {why}")))?;
-    init_logging(loaded.config.log_format, loaded.config.verbosity);
-    loaded.log();
-    let config = loaded.config;
-    super::runtime(2)?.block_on(run(args, config))
+    init_logging(
+        resolved.loaded.config.log_format,
+        resolved.loaded.config.verbosity,
+    );
+    resolved.log();
+    let master = resolved.master.clone();
+    super::runtime(2)?.block_on(run(args, resolved.loaded.config, master))
 }
 
-async fn run(args: &RunArgs, config: Config) -> Result<ExitCode, Failure> {
+async fn run(args: &RunArgs, config: Config, master: Option<String>) -> Result<ExitCode, Failure> {
     let node_name = node_name(&config);
     if node_name.is_empty() {
         return Err(Failure::Other(
@@ -122,9 +116,10 @@ async fn run(args: &RunArgs, config: Config) -> Result<ExitCode, Failure> {
             tokio::spawn(source::watch_state_file(state, STATE_FILE_POLL, tx));
         }
         None => {
-            let client = kipvs_kube::client::client(config.kubeconfig.as_deref())
-                .await
-                .map_err(|err| Failure::Other(format!("cannot reach the API server: {err}")))?;
+            let client =
+                kipvs_kube::client::client(config.kubeconfig.as_deref(), master.as_deref())
+                    .await
+                    .map_err(|err| Failure::Other(format!("cannot reach the API server: {err}")))?;
             recorder = Some(EventRecorder::new(client.clone(), &node_name));
             let node = node_name.clone();
             tokio::spawn(async move {

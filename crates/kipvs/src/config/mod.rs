@@ -7,6 +7,7 @@
 //! ([`Loaded::unused_fields`]), so a kube-proxy ConfigMap works as it is.
 
 pub mod duration;
+pub mod flags;
 pub mod schema;
 
 use std::collections::BTreeMap;
@@ -45,6 +46,9 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A command-line flag is invalid or contradicts another.
+    #[error("{0}")]
+    Flag(String),
 }
 
 /// Log output format.

@@ -559,21 +559,36 @@ impl Cluster {
         self.spawn(&args);
     }
 
-    /// Starts `kipvs run --kubeconfig KUBECONFIG` (an API server instead of the state
-    /// file) and waits until the kernel holds what the state file plans: a test keeps
-    /// both saying the same.
+    /// Starts `kipvs run` reading the API server of `kubeconfig` (named in the
+    /// configuration's `clientConnection.kubeconfig`: with `--config`, kipvs ignores
+    /// `--kubeconfig` as kube-proxy does) instead of the state file, and waits until the
+    /// kernel holds what the state file plans: a test keeps both saying the same.
     pub fn start_watching(&self, kubeconfig: &Path) {
-        self.spawn(&["--kubeconfig".as_ref(), kubeconfig.as_os_str()]);
+        let text = std::fs::read_to_string(&self.config).expect("config read");
+        let config = self.dir.join("config-watching.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "{text}clientConnection: {{kubeconfig: \"{}\"}}\n",
+                kubeconfig.display()
+            ),
+        )
+        .expect("config written");
+        self.spawn_with(&[], &config);
     }
 
     fn spawn(&self, source: &[&std::ffi::OsStr]) {
+        self.spawn_with(source, &self.config);
+    }
+
+    fn spawn_with(&self, source: &[&std::ffi::OsStr], config: &Path) {
         let mut running = self.kipvs.lock().expect("kipvs lock");
         assert!(running.is_none(), "kipvs already runs");
         let child = Command::new("ip")
             .args(["netns", "exec", self.node.name(), KIPVS, "run"])
             .args(source)
             .arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .args(["--hostname-override", NODE])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -23,7 +23,7 @@
 //! use kipvs_kube::events::EventRecorder;
 //! use kipvs_kube::watch::{watch_cluster, WatchConfig};
 //!
-//! let client = client(None).await?; // or Some(Path::new("/var/lib/kube-proxy/kubeconfig.conf"))
+//! let client = client(None, None).await?; // or Some(Path::new("/var/lib/kube-proxy/kubeconfig.conf")), and --master
 //! let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
 //! tokio::spawn(watch_cluster(client.clone(), "node-1", tx, WatchConfig::default()));
 //! let recorder = EventRecorder::new(client, "node-1");
