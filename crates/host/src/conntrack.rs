@@ -209,9 +209,18 @@ impl Sysctls {
             applied
                 .sysctls
                 .push((MAX, self.ensure(&setting(MAX, max))?));
-            let hashsize = read_number(&sysfs.hashsize, HASHSIZE)?;
+            let hashsize = match read_number(&sysfs.hashsize, HASHSIZE) {
+                Ok(size) => Some(size),
+                // Readable by root only: a process without root's rights (kipvs run
+                // after prepare, in a pod that is not privileged) leaves it to prepare.
+                Err(err) if err.errno() == Some(13) => {
+                    tracing::debug!(error = %err, "conntrack hash table size not checked");
+                    None
+                }
+                Err(err) => return Err(err),
+            };
             let wanted = max / 4;
-            if hashsize < wanted {
+            if let Some(hashsize) = hashsize.filter(|size| *size < wanted) {
                 let mounts = std::fs::read_to_string(&sysfs.mounts).unwrap_or_default();
                 match sysfs_writable(&mounts) {
                     Some(true) => {

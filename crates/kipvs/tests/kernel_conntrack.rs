@@ -108,10 +108,12 @@ fn outside_the_initial_namespace_a_different_limit_stops_prepare_as_it_stops_kub
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let line = stderr.lines().last().unwrap_or_default();
     assert!(
-        line.starts_with(&format!(
-            "kipvs prepare: cannot set net.netfilter.nf_conntrack_max to {}",
-            current + 1024
-        )) && line.contains("host's network namespace")
+        line.starts_with("kipvs prepare: ")
+            && line.contains(&format!(
+                "cannot set net.netfilter.nf_conntrack_max to {}",
+                current + 1024
+            ))
+            && line.contains("host's network namespace")
             && line.contains("conntrack.maxPerCore: 0"),
         "{stderr}"
     );
