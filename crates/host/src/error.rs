@@ -107,11 +107,60 @@ impl Error {
             rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| -c.get()),
             _ => None,
         };
+        let advice = errno.map_or("", |e| rtnetlink_advice(op, e));
         Error::Netlink {
             op,
             object,
             errno,
-            message: err.to_string(),
+            message: format!("{err}{advice}"),
         }
+    }
+}
+
+/// What to do about an errno rtnetlink returned for `op` (on kube-ipvs0 and its
+/// addresses), as a suffix for the message; empty when the errno says it all.
+pub fn rtnetlink_advice(op: &str, errno: i32) -> &'static str {
+    const EPERM: i32 = 1;
+    const ENOENT: i32 = 2;
+    const ENOMEM: i32 = 12;
+    const EACCES: i32 = 13;
+    const EEXIST: i32 = 17;
+    const ENODEV: i32 = 19;
+    const EINVAL: i32 = 22;
+    const ENOSPC: i32 = 28;
+    const EOPNOTSUPP: i32 = 95;
+    const EAFNOSUPPORT: i32 = 97;
+    const EADDRNOTAVAIL: i32 = 99;
+    const ENOBUFS: i32 = 105;
+    match errno {
+        EPERM | EACCES => ": changing links and addresses needs CAP_NET_ADMIN (run as root)",
+        EEXIST if op.contains("link") => {
+            ": a link of that name exists but is not a dummy link: remove or rename it (ip link del kube-ipvs0)"
+        }
+        EEXIST => ": the address is already there (another tool added it)",
+        ENODEV | ENOENT if op.contains("address") => {
+            ": kube-ipvs0 is gone (deleted by hand?): kipvs recreates it at its next start"
+        }
+        ENODEV | ENOENT => ": no such link or object",
+        EADDRNOTAVAIL => ": the address is not on the link (already removed)",
+        EOPNOTSUPP => ": the kernel cannot create dummy links: load the module (modprobe dummy)",
+        EAFNOSUPPORT => ": IPv6 is disabled on this node (net.ipv6.conf.all.disable_ipv6 or ipv6.disable=1)",
+        ENOMEM | ENOBUFS | ENOSPC => ": the kernel is out of memory (or the address table is full)",
+        EINVAL => ": the kernel refused the value: an invalid address or prefix length",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_rtnetlink_errnos_say_what_to_do() {
+        assert!(rtnetlink_advice("add address", 1).contains("CAP_NET_ADMIN"));
+        assert!(rtnetlink_advice("create link", 17).contains("not a dummy link"));
+        assert!(rtnetlink_advice("add address", 19).contains("kube-ipvs0 is gone"));
+        assert!(rtnetlink_advice("add address", 97).contains("IPv6 is disabled"));
+        assert_eq!(rtnetlink_advice("add address", 4242), "");
     }
 }

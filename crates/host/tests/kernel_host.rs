@@ -625,3 +625,60 @@ fn a_pod_reaches_itself_through_its_service_thanks_to_the_loop_back_masquerade()
         "the hairpin rule matched nothing: {hairpin}"
     );
 }
+
+/// The kernel's ipset codes reach the user named, with what to do: a set filled past its
+/// maxelem (4352 for a hash set, which read "Unknown error 4352" before) and a port
+/// outside a bitmap set's range (4352 too, meaning something else for bitmaps).
+#[test]
+#[ignore = "kernel: run by tests/run"]
+fn a_full_set_and_a_port_out_of_range_are_named_with_what_to_do() {
+    use kipvs_host::ipset::netlink::IpsetSocket;
+    use kipvs_host::ipset::SetOp;
+    let ns = Netns::new();
+    let _in = ns.enter();
+    ns.run_ok(
+        "ipset",
+        &["create", "KUBE-TEST-FULL", "hash:ip", "maxelem", "4"],
+    );
+    let mut socket = IpsetSocket::open().unwrap();
+    let members = (1..=5)
+        .map(|i| Member::Ip(ip(&format!("10.0.0.{i}"))))
+        .collect();
+    let err = socket
+        .apply(&[SetOp::Add("KUBE-TEST-FULL".into(), members)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("KUBE-TEST-FULL")
+            && err.contains("the set is full")
+            && err.contains("(IPSET_ERR_HASH_FULL, error 4352)")
+            && err.contains("kipvs cleanup"),
+        "{err}"
+    );
+    assert!(!err.contains("Unknown error"), "{err}");
+    // The oracle agrees the set is at its maxelem.
+    let listed = ns.run_ok("ipset", &["list", "KUBE-TEST-FULL"]);
+    assert!(listed.contains("Number of entries: 4"), "{listed}");
+
+    ns.run_ok(
+        "ipset",
+        &[
+            "create",
+            "KUBE-TEST-PORTS",
+            "bitmap:port",
+            "range",
+            "30000-30010",
+        ],
+    );
+    let err = socket
+        .apply(&[SetOp::Add(
+            "KUBE-TEST-PORTS".into(),
+            vec![Member::Port(31000)],
+        )])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("outside the set's range") && err.contains("IPSET_ERR_BITMAP_RANGE"),
+        "{err}"
+    );
+}

@@ -68,7 +68,7 @@ pub enum Error {
         engine: Option<String>,
     },
     /// Any other error the kernel reported.
-    #[error("{context}: {}", errno_text(*errno))]
+    #[error("{context}: {}{}", errno_text(*errno), kernel_hint(*errno))]
     Kernel {
         /// What was being done.
         context: Context,
@@ -130,6 +130,32 @@ fn invalid_hint(context: &Context, errno: i32) -> &'static str {
         }
         (Action::AddDestination | Action::UpdateDestination, nix::libc::ERANGE) => {
             ": the weight must be at most 2147483647 and the lower threshold at most the upper"
+        }
+        (Action::AddService | Action::UpdateService, nix::libc::EINVAL) => {
+            ": the protocol, port, flags, persistence timeout or netmask are out of range"
+        }
+        (_, nix::libc::EAFNOSUPPORT) => {
+            ": the address family is not supported: IPv6 is disabled on this node, or the \
+             destination's family differs from the service's"
+        }
+        (_, nix::libc::EOPNOTSUPP) => {
+            ": this kernel does not support it (a forwarding method, tunnel type or flag it lacks)"
+        }
+        _ => "",
+    }
+}
+
+/// What to do about an errno the kernel returned that has no variant of its own.
+fn kernel_hint(errno: i32) -> &'static str {
+    match errno {
+        nix::libc::ENOMEM | nix::libc::ENOBUFS => {
+            ": the kernel is out of memory for IPVS (too many services or connections?)"
+        }
+        nix::libc::EBUSY => ": IPVS is busy: kipvs retries",
+        nix::libc::EINTR | nix::libc::EAGAIN => ": interrupted: kipvs retries",
+        nix::libc::EMSGSIZE => ": the request was too large (a bug in kipvs: please report it)",
+        nix::libc::ENOPROTOOPT => {
+            ": this kernel's IPVS lacks the attribute kipvs sent: update the kernel"
         }
         _ => "",
     }

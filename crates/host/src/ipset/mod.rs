@@ -18,6 +18,7 @@
 
 mod catalog;
 pub mod codec;
+pub mod errors;
 pub mod exec;
 pub mod netlink;
 mod plan;

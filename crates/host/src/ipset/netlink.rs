@@ -9,8 +9,9 @@ use super::codec::{
     self, Cmd, Request, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use kipvs_ipvs::Family;
-use kipvs_proxy::SetType;
+use kipvs_proxy::{Member, SetType};
 
+use super::errors::{self, SetClass};
 use super::plan::{ObservedSet, SetOp};
 use crate::{Error, Result};
 
@@ -24,21 +25,6 @@ pub struct IpsetSocket {
     seq: u32,
     buf: Vec<u8>,
     revisions: BTreeMap<(SetType, Family), u8>,
-}
-
-fn errno_message(errno: i32) -> String {
-    // ipset's own codes (IPSET_ERR_*) start at 4096.
-    match errno {
-        4097 => "protocol error".to_owned(),
-        ERR_MISSING => "set does not exist".to_owned(),
-        4099 => "set already exists with different parameters".to_owned(),
-        4100 => "set type not supported".to_owned(),
-        4102 => "set is in use by a kernel component".to_owned(),
-        4103 => "sets are not compatible for swap".to_owned(),
-        ERR_FULL => "set is full (maxelem reached)".to_owned(),
-        4353 => "member does not fit the set's type".to_owned(),
-        e => std::io::Error::from_raw_os_error(e).to_string(),
-    }
 }
 
 impl IpsetSocket {
@@ -72,6 +58,7 @@ impl IpsetSocket {
         seq: u32,
         op: &'static str,
         object: &str,
+        class: SetClass,
     ) -> Result<Vec<Vec<u8>>> {
         let fail = |errno: Option<i32>, message: String| Error::Netlink {
             op,
@@ -96,7 +83,7 @@ impl IpsetSocket {
                     NLMSG_ERROR => {
                         return match codec::error_code(msg.payload) {
                             Some(0) => Ok(replies),
-                            Some(errno) => Err(fail(Some(errno), errno_message(errno))),
+                            Some(errno) => Err(fail(Some(errno), errors::message(errno, class))),
                             None => Err(fail(None, "malformed error message".to_owned())),
                         }
                     }
@@ -114,7 +101,7 @@ impl IpsetSocket {
     pub fn list(&mut self, wanted: &dyn Fn(&str) -> bool) -> Result<BTreeMap<String, ObservedSet>> {
         let seq = self.next_seq();
         let req = Request::new(Cmd::List, NLM_F_REQUEST | NLM_F_DUMP, seq).finish();
-        let replies = self.exchange(&req, seq, "list", "ipsets")?;
+        let replies = self.exchange(&req, seq, "list", "ipsets", SetClass::Unknown)?;
         let mut sets = BTreeMap::new();
         for payload in &replies {
             codec::decode_list(payload, &mut sets, wanted).ok_or_else(|| Error::Parse {
@@ -135,7 +122,13 @@ impl IpsetSocket {
         let req = Request::new(Cmd::Type, NLM_F_REQUEST | NLM_F_ACK, seq)
             .type_query(set_type, family)
             .finish();
-        let replies = self.exchange(&req, seq, "query type", set_type.as_str())?;
+        let replies = self.exchange(
+            &req,
+            seq,
+            "query type",
+            set_type.as_str(),
+            SetClass::Unknown,
+        )?;
         let revision = replies
             .iter()
             .find_map(|p| codec::decode_type_revision(p))
@@ -152,12 +145,13 @@ impl IpsetSocket {
         &mut self,
         op: &'static str,
         object: &str,
+        class: SetClass,
         build: impl FnOnce(Request) -> Request,
         cmd: Cmd,
     ) -> Result<()> {
         let seq = self.next_seq();
         let req = build(Request::new(cmd, NLM_F_REQUEST | NLM_F_ACK, seq)).finish();
-        self.exchange(&req, seq, op, object).map(drop)
+        self.exchange(&req, seq, op, object, class).map(drop)
     }
 
     /// One set and its members, or `None` when no such set exists.
@@ -169,7 +163,7 @@ impl IpsetSocket {
         let req = Request::new(Cmd::List, NLM_F_REQUEST | NLM_F_DUMP, seq)
             .set_name(name)
             .finish();
-        let replies = match self.exchange(&req, seq, "list", name) {
+        let replies = match self.exchange(&req, seq, "list", name, SetClass::Unknown) {
             Ok(replies) => replies,
             Err(err) if err.errno().is_some_and(is_missing) => return Ok(None),
             Err(err) => return Err(err),
@@ -199,17 +193,25 @@ impl IpsetSocket {
                     self.simple(
                         "create set",
                         &h.name,
+                        SetClass::of_type_name(h.set_type.as_str()),
                         |r| r.create(h, revision),
                         Cmd::Create,
                     )?;
                 }
                 SetOp::Destroy(name) => {
-                    self.simple("destroy set", name, |r| r.set_name(name), Cmd::Destroy)?;
+                    self.simple(
+                        "destroy set",
+                        name,
+                        SetClass::Unknown,
+                        |r| r.set_name(name),
+                        Cmd::Destroy,
+                    )?;
                 }
                 SetOp::Swap(a, b) => {
                     self.simple(
                         "swap sets",
                         &format!("{a} and {b}"),
+                        SetClass::Unknown,
                         |r| r.set_name(a).set_name2(b),
                         Cmd::Swap,
                     )?;
@@ -231,8 +233,14 @@ impl IpsetSocket {
         cmd: Cmd,
         op: &'static str,
         name: &str,
-        members: &[kipvs_proxy::Member],
+        members: &[Member],
     ) -> Result<()> {
+        // bitmap:port holds ports; every other kipvs set is a hash.
+        let class = if matches!(members.first(), Some(Member::Port(_))) {
+            SetClass::Bitmap
+        } else {
+            SetClass::Hash
+        };
         let mut rest = members;
         while !rest.is_empty() {
             let seq = self.next_seq();
@@ -250,7 +258,7 @@ impl IpsetSocket {
             }
             rest = &rest[taken..];
             let bytes = req.finish();
-            self.exchange(&bytes, seq, op, name)?;
+            self.exchange(&bytes, seq, op, name, class)?;
         }
         Ok(())
     }
@@ -258,12 +266,11 @@ impl IpsetSocket {
 
 /// Whether an errno says the set does not exist.
 fn is_missing(errno: i32) -> bool {
-    errno == ERR_MISSING || errno == ENOENT
+    errno == ERR_MISSING
 }
 
-/// `ENOENT`: what some kernels answer for a set that does not exist.
-const ENOENT: i32 = 2;
-/// `IPSET_ERR_PROTOCOL + 1`: the set does not exist.
-pub const ERR_MISSING: i32 = 4098;
+/// `ENOENT`: the kernel's answer about a set that does not exist (ipset's own code
+/// 4098 is `IPSET_ERR_FIND_TYPE`, a set type without a module, not a missing set).
+pub const ERR_MISSING: i32 = 2;
 /// `IPSET_ERR_HASH_FULL`: a hash set holds `maxelem` members already.
-pub const ERR_FULL: i32 = 4352;
+pub const ERR_FULL: i32 = errors::IPSET_ERR_TYPE_SPECIFIC;
