@@ -171,3 +171,41 @@ fn kube_proxys_argv_runs_the_proxy_and_names_the_flags_the_file_overrides() {
     assert!(version.status.success());
     assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+/// `plan` is a dry run of `run`: everything `run` would warn about for the same files
+/// is printed on standard error, and the table still comes out.
+#[test]
+fn plan_prints_every_warning_run_would_log() {
+    let dir = std::env::temp_dir().join(format!("kipvs-cli-{}-plan", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let state = dir.join("state.yaml");
+    std::fs::write(
+        &state,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop, annotations: {ipvs.kipvs.io/scheduler: bogus}}\n\
+         spec: {clusterIP: 10.96.0.20, ports: [{port: 80, protocol: TCP}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: shop}\n\
+         spec: {clusterIP: 10.96.0.21, ports: [{port: 80, protocol: ICMP}]}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: x}\n---\n\
+         apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n",
+    )
+    .expect("state written");
+    let config = config_file("plan", "mode: ipvs\nudpIdleTimeout: 250ms\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_kipvs"))
+        .args(["plan", "--hostname-override", "node-z", "--state"])
+        .arg(&state)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("the kipvs binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("TCP  10.96.0.20:80 rr"), "the default scheduler: {stdout}");
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning: ")).collect();
+    let has = |needle: &str| warnings.iter().any(|w| w.contains(needle));
+    assert!(has("udpIdleTimeout: unknown field"), "{stderr}");
+    assert!(has("Pod x/p: not a Service, EndpointSlice or Node; ignored"), "{stderr}");
+    assert!(has("shop/web") && has("bogus"), "{stderr}");
+    assert!(has("shop/broken"), "{stderr}");
+    assert!(has("node \"node-z\" is not among the Nodes"), "{stderr}");
+}

@@ -100,6 +100,12 @@ pub async fn watch_state_file(path: PathBuf, poll: Duration, tx: mpsc::Sender<Cl
                 Ok(state) => {
                     last_seen = stamp;
                     last_error = None;
+                    for object in &state.skipped {
+                        tracing::warn!(
+                            file = %path.display(),
+                            "{object}: not a Service, EndpointSlice or Node; ignored"
+                        );
+                    }
                     replay(state)
                 }
                 Err(err) => {

@@ -10,14 +10,16 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use kipvs_ipvs::{DestinationEntry, Info, ServiceEntry, ServiceKey, Table, Version};
+use kipvs_kube::source::{self, ClusterEvent};
 use kipvs_kube::{convert, state_file};
-use kipvs_proxy::{Desired, EndpointSlice, Moment, Node, Observed, Plan, Proxier, Service};
+use kipvs_proxy::{Desired, Moment, Node, Observed, Plan, Proxier};
 
 use super::Failure;
 use crate::cli::PlanArgs;
 use crate::commands::run::LINK_NAME;
 use crate::config::Config;
 use crate::dump::{self, diff};
+use crate::sync::cluster::ClusterView;
 use crate::sync::node::local_addresses;
 
 /// What `kipvs plan` prints in the header, having no kernel to ask: the IPVS version of
@@ -35,6 +37,10 @@ pub const NOMINAL_INFO: Info = Info {
 pub struct Cluster {
     /// The core, synced once.
     pub proxier: Proxier,
+    /// What `kipvs run` would warn about for the same files, one line each: unknown
+    /// configuration fields, objects of other kinds, objects refused, bad values on
+    /// Services (defaults used), a node the state file does not have.
+    pub warnings: Vec<String>,
 }
 
 impl Cluster {
@@ -51,11 +57,17 @@ impl Cluster {
         hostname: Option<&str>,
         local: Option<&[IpAddr]>,
     ) -> Result<Cluster, String> {
+        let mut warnings = Vec::new();
         let config = match config {
-            Some(path) => Config::load(path).map_err(|e| e.to_string())?.config,
+            Some(path) => {
+                let loaded = Config::load(path).map_err(|e| e.to_string())?;
+                warnings.extend(loaded.unknown_fields.iter().map(ToString::to_string));
+                loaded.config
+            }
             None => Config::default(),
         };
         let cluster = state_file::load(state).map_err(|e| e.to_string())?;
+        warnings.extend(cluster.skipped.iter().map(|object| skipped_kind(object)));
         let nodes: Vec<convert::NodeInfo> = cluster.nodes.iter().map(convert::node).collect();
         let name = hostname
             .map(str::to_owned)
@@ -67,9 +79,12 @@ impl Cluster {
             Some(local) => local.to_vec(),
             None => info.map(|n| n.addresses.clone()).unwrap_or_default(),
         };
+        if info.is_none() {
+            warnings.push(node_not_found(&name));
+        }
         let node = match info {
             Some(i) => i.to_core(addresses.iter().copied()),
-            None => Node::new(name).with_addresses(addresses.iter().copied()),
+            None => Node::new(name.clone()).with_addresses(addresses.iter().copied()),
         };
         // `kipvs run` hands the core every local address; without the machine, the
         // Node's first address of each family stands for them.
@@ -85,18 +100,24 @@ impl Cluster {
             .collect(),
         };
         let mut proxier = Proxier::new(config.core(&primary), node);
-        for svc in &cluster.services {
-            if let Ok(s) = Service::try_new(convert::service(svc)) {
-                proxier.upsert_service(s);
+        // The objects go in as `kipvs run` takes them from a state file, through the
+        // same view, so the same objects are refused and the same warnings arise.
+        let mut view = ClusterView::new(name);
+        for event in source::replay(cluster) {
+            if matches!(event, ClusterEvent::NodeApplied(_)) {
+                continue; // the node is set up above, from the file or the machine
             }
-        }
-        for slice in &cluster.endpoint_slices {
-            if let Ok(s) = EndpointSlice::try_new(convert::endpoint_slice(slice)) {
-                proxier.upsert_slice(s);
-            }
+            let applied = view.apply(&mut proxier, event);
+            warnings.extend(applied.refused.iter().map(|r| object_skipped(r)));
+            warnings.extend(
+                applied
+                    .warnings
+                    .iter()
+                    .map(|(service, warning)| bad_value(service, warning)),
+            );
         }
         let _ = proxier.verify(&Observed::default(), Moment::default());
-        Ok(Cluster { proxier })
+        Ok(Cluster { proxier, warnings })
     }
 
     /// The desired state.
@@ -143,6 +164,29 @@ impl Cluster {
     }
 }
 
+/// The warning for an object of a kind kipvs does not read (`Pod x/p`), as `run` logs it.
+pub fn skipped_kind(object: &str) -> String {
+    format!("{object}: not a Service, EndpointSlice or Node; ignored")
+}
+
+/// The warning for an object the core refused whole, as `run` logs it.
+pub fn object_skipped(reason: &str) -> String {
+    format!("object skipped: {reason}")
+}
+
+/// The warning for a bad value on a Service, for which a default was used.
+pub fn bad_value(service: &kipvs_proxy::ServiceName, warning: &kipvs_proxy::Warning) -> String {
+    format!("{service}: {warning}; default used")
+}
+
+/// The warning for a node the state file has no Node for.
+pub fn node_not_found(name: &str) -> String {
+    format!(
+        "node {name:?} is not among the Nodes of the state file: its labels, addresses and pod \
+         CIDR are unknown (pass --hostname-override with one of them)"
+    )
+}
+
 /// This machine's hostname, as Kubernetes names nodes by default.
 fn local_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -170,6 +214,10 @@ fn run(args: &PlanArgs) -> Result<String, Failure> {
         args.hostname_override.as_deref(),
         local.as_deref(),
     )?;
+    // A dry run says what `run` would: every warning, on standard error.
+    for warning in &cluster.warnings {
+        eprintln!("warning: {warning}");
+    }
     if !args.diff {
         let table = cluster.table();
         return Ok(dump::list_annotated(
