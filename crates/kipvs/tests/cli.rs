@@ -123,6 +123,10 @@ fn unknown_and_unused_config_fields_are_logged_once_after_logging_starts() {
         .expect("the kipvs binary runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no colour codes when standard error is not a terminal: {stderr:?}"
+    );
     let unknown = format!(
         "{}:2:1: udpIdleTimeout: unknown field, ignored (as kube-proxy ignores it)",
         config.display()

@@ -35,13 +35,16 @@ pub const LINK_NAME: &str = "kube-ipvs0";
 const STATE_FILE_POLL: Duration = Duration::from_secs(1);
 
 /// Sets up logging: `RUST_LOG` when set, else info (debug from verbosity 4 up), as
-/// text or JSON lines on standard error.
+/// text or JSON lines on standard error, in colour only when that is a terminal.
 pub fn init_logging(format: LogFormat, verbosity: u32) {
     let default = if verbosity >= 4 { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only for a person at a terminal: log collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     // A second initialisation (tests) keeps the first.
     let _ = match format {

@@ -158,7 +158,13 @@ fn router(name: ServiceName, wanted: watch::Receiver<HealthChecks>, shared: Arc<
                 .get(&name)
                 .map_or(0, |w| w.local_endpoints);
             let healthy = shared.with_health(|h| h.is_healthy(SystemTime::now()));
-            crate::servers::json(answer(&name, count, healthy))
+            let mut response = crate::servers::json(answer(&name, count, healthy));
+            // As kube-proxy: load balancers that weigh nodes read the local endpoints here.
+            response.headers_mut().insert(
+                "x-load-balancing-endpoint-weight",
+                axum::http::HeaderValue::from(count),
+            );
+            response
         }
     };
     Router::new().fallback(handler)
@@ -239,6 +245,7 @@ mod tests {
         assert_eq!(status, 503, "{body}");
         assert!(head.contains("content-type: application/json"), "{head}");
         assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+        assert!(head.contains("x-load-balancing-endpoint-weight: 0"), "{head}");
         assert!(body.contains("\"localEndpoints\": 0"), "{body}");
 
         tx.send_replace(checks(&[("web", web, 2), ("busy", busy_port, 1)]));
@@ -246,6 +253,8 @@ mod tests {
             get(at(web), "/").await.is_ok_and(|(s, _, _)| s == 200)
         })
         .await;
+        let (_, head, _) = get(at(web), "/").await.unwrap();
+        assert!(head.contains("x-load-balancing-endpoint-weight: 2"), "{head}");
 
         // The proxy falls behind: even a Service with endpoints answers 503.
         shared.with_health(|h| h.queued(SystemTime::now() - Duration::from_secs(61)));
