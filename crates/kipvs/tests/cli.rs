@@ -204,11 +204,20 @@ fn plan_prints_every_warning_run_would_log() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stderr}");
-    assert!(stdout.contains("TCP  10.96.0.20:80 rr"), "the default scheduler: {stdout}");
-    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert!(
+        stdout.contains("TCP  10.96.0.20:80 rr"),
+        "the default scheduler: {stdout}"
+    );
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
     let has = |needle: &str| warnings.iter().any(|w| w.contains(needle));
     assert!(has("udpIdleTimeout: unknown field"), "{stderr}");
-    assert!(has("Pod x/p: not a Service, EndpointSlice or Node; ignored"), "{stderr}");
+    assert!(
+        has("Pod x/p: not a Service, EndpointSlice or Node; ignored"),
+        "{stderr}"
+    );
     assert!(has("shop/web") && has("bogus"), "{stderr}");
     assert!(has("shop/broken"), "{stderr}");
     assert!(has("node \"node-z\" is not among the Nodes"), "{stderr}");

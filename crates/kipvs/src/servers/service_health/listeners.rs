@@ -245,7 +245,10 @@ mod tests {
         assert_eq!(status, 503, "{body}");
         assert!(head.contains("content-type: application/json"), "{head}");
         assert!(head.contains("x-content-type-options: nosniff"), "{head}");
-        assert!(head.contains("x-load-balancing-endpoint-weight: 0"), "{head}");
+        assert!(
+            head.contains("x-load-balancing-endpoint-weight: 0"),
+            "{head}"
+        );
         assert!(body.contains("\"localEndpoints\": 0"), "{body}");
 
         tx.send_replace(checks(&[("web", web, 2), ("busy", busy_port, 1)]));
@@ -254,7 +257,10 @@ mod tests {
         })
         .await;
         let (_, head, _) = get(at(web), "/").await.unwrap();
-        assert!(head.contains("x-load-balancing-endpoint-weight: 2"), "{head}");
+        assert!(
+            head.contains("x-load-balancing-endpoint-weight: 2"),
+            "{head}"
+        );
 
         // The proxy falls behind: even a Service with endpoints answers 503.
         shared.with_health(|h| h.queued(SystemTime::now() - Duration::from_secs(61)));
