@@ -149,7 +149,7 @@ fn a_pod_reaches_a_local_policy_load_balancer_whose_endpoints_are_all_on_other_n
     assert!(remotes.contains(&outside.pod), "{outside:?}");
     assert_eq!(outside.source, IpAddr::V4(CLIENT_IP));
     let gauge =
-        "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"} 1";
+        "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\",ip_family=\"IPv4\"} 1";
     assert!(c.metrics().contains(gauge), "{}", c.metrics());
 
     // Once an endpoint runs on this node, Local policy means it alone.

@@ -6,9 +6,13 @@
 //!
 //! Time is passed in; the servers read the clock.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use kipvs_ipvs::Family;
 use serde::Serialize;
+
+use super::ip_family;
 
 /// The taint the cluster autoscaler puts on a node it is about to delete.
 pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
@@ -20,6 +24,7 @@ pub struct ProxyHealth {
     last_updated: Option<SystemTime>,
     oldest_pending: Option<SystemTime>,
     node_eligible: bool,
+    families: Vec<Family>,
 }
 
 /// One answer of `/healthz` or `/livez`.
@@ -40,7 +45,15 @@ impl ProxyHealth {
             last_updated: None,
             oldest_pending: None,
             node_eligible: true,
+            families: Vec::new(),
         }
+    }
+
+    /// The address families kipvs programs: each gets its entry under `status` once
+    /// the kernel has been brought up to date, as kube-proxy reports each of its
+    /// per-family proxiers (kipvs syncs the families together, so they share one time).
+    pub fn set_families(&mut self, families: &[Family]) {
+        self.families = families.to_vec();
     }
 
     /// A change arrived that the kernel does not reflect yet.
@@ -101,21 +114,42 @@ impl ProxyHealth {
         };
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
+        struct Family {
+            last_updated: String,
+            healthy: bool,
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
         struct Body {
             last_updated: String,
             current_time: String,
             #[serde(skip_serializing_if = "Option::is_none")]
             node_eligible: Option<bool>,
             healthy: bool,
+            #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+            status: BTreeMap<&'static str, Family>,
         }
+        // Only families that have been brought up to date once, as kube-proxy.
+        let status = match self.last_updated {
+            Some(updated) => self
+                .families
+                .iter()
+                .map(|&family| {
+                    let entry = Family {
+                        last_updated: go_json_time(updated),
+                        healthy: self.is_healthy(now),
+                    };
+                    (ip_family(family), entry)
+                })
+                .collect(),
+            None => BTreeMap::new(),
+        };
         let body = Body {
-            last_updated: last_updated.map_or_else(
-                || go_time(SystemTime::UNIX_EPOCH, true),
-                |t| go_time(t, false),
-            ),
-            current_time: go_time(now, false),
+            last_updated: go_json_time(last_updated.unwrap_or(SystemTime::UNIX_EPOCH - GO_ZERO)),
+            current_time: go_json_time(now),
             node_eligible,
             healthy,
+            status,
         };
         HealthAnswer {
             status: if healthy { 200 } else { 503 },
@@ -124,17 +158,22 @@ impl ProxyHealth {
     }
 }
 
-/// A time as Go's `time.Time.String()` prints it in UTC
-/// (`2026-11-22 03:30:00.123456789 +0000 UTC`); Go's zero time for "never".
-fn go_time(t: SystemTime, zero: bool) -> String {
-    if zero {
-        return "0001-01-01 00:00:00 +0000 UTC".to_owned();
-    }
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:9] +0000 UTC"
-    );
-    time::OffsetDateTime::from(t)
-        .format(&format)
+/// From Go's zero time (0001-01-01T00:00:00Z, what kube-proxy writes for "never") to the
+/// Unix epoch.
+const GO_ZERO: Duration = Duration::from_secs(62_135_596_800);
+
+/// A time as Go's `encoding/json` writes a `time.Time` in UTC (RFC 3339 with as many
+/// fraction digits as needed: `2026-11-22T03:30:00.123456789Z`), as kube-proxy's health
+/// answers carry them.
+fn go_json_time(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::UNIX_EPOCH
+        + match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(after) => time::Duration::try_from(after).unwrap_or(time::Duration::MAX),
+            Err(before) => {
+                -time::Duration::try_from(before.duration()).unwrap_or(time::Duration::MAX)
+            }
+        };
+    t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
 
@@ -166,7 +205,7 @@ mod tests {
         assert!(
             answer
                 .body
-                .contains("\"lastUpdated\":\"2023-11-14 22:13:20.000000000 +0000 UTC\""),
+                .contains("\"lastUpdated\":\"2023-11-14T22:13:20Z\""),
             "{}",
             answer.body
         );
@@ -212,15 +251,34 @@ mod tests {
     }
 
     #[test]
-    fn answers_carry_kube_proxys_fields_with_go_timestamps() {
-        let health = ProxyHealth::new(Duration::from_secs(60));
-        let body: serde_json::Value = serde_json::from_str(&health.healthz(at(0)).body).unwrap();
+    fn answers_carry_kube_proxys_fields_with_rfc3339_times() {
+        let mut health = ProxyHealth::new(Duration::from_secs(60));
+        health.set_families(&[Family::V4, Family::V6]);
+        let at_ms = at(0) + Duration::from_millis(120);
+        let body = health.healthz(at_ms).body;
+        // Before the first sync: no status, and Go's zero time is never written.
         assert_eq!(
-            body["currentTime"],
-            "2023-11-14 22:13:20.000000000 +0000 UTC"
+            body,
+            r#"{"lastUpdated":"2023-11-14T22:13:20.12Z","currentTime":"2023-11-14T22:13:20.12Z","nodeEligible":true,"healthy":true}"#
         );
-        assert_eq!(body["lastUpdated"], body["currentTime"]);
-        assert_eq!(body["nodeEligible"], true);
-        assert_eq!(body["healthy"], true);
+        health.updated(at(1));
+        health.queued(at(2));
+        // Fields in kube-proxy's order; families sorted, as Go writes a map.
+        assert_eq!(
+            health.livez(at(100)).body,
+            r#"{"lastUpdated":"2023-11-14T22:13:21Z","currentTime":"2023-11-14T22:15:00Z","healthy":false,"status":{"IPv4":{"lastUpdated":"2023-11-14T22:13:21Z","healthy":false},"IPv6":{"lastUpdated":"2023-11-14T22:13:21Z","healthy":false}}}"#
+        );
+        let fresh = ProxyHealth::new(Duration::from_secs(60));
+        let unhealthy = ProxyHealth {
+            oldest_pending: Some(at(0)),
+            ..fresh
+        };
+        assert!(
+            unhealthy
+                .livez(at(61))
+                .body
+                .starts_with(r#"{"lastUpdated":"0001-01-01T00:00:00Z","#),
+            "never updated: Go's zero time"
+        );
     }
 }

@@ -10,6 +10,31 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+use kipvs_ipvs::Family as IpFamily;
+
+use super::ip_family;
+
+/// kube-proxy's `ip_family` label (`IPv4` / `IPv6`), on every series kube-proxy keeps per
+/// address family. kipvs syncs both families in one pass: a pass is booked under each
+/// family it programs, as kube-proxy's two per-family proxiers each book theirs.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabels {
+    /// `IPv4` or `IPv6`.
+    pub ip_family: String,
+}
+
+impl FamilyLabels {
+    /// The label of `family`.
+    pub fn of(family: IpFamily) -> Self {
+        FamilyLabels {
+            ip_family: ip_family(family).to_owned(),
+        }
+    }
+}
+
+/// A histogram per address family.
+pub type FamilyHistogram = Family<FamilyLabels, Histogram, fn() -> Histogram>;
+
 /// Label of a kernel operation: what it did and how it ended.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
@@ -19,11 +44,14 @@ pub struct OperationLabels {
     pub result: String,
 }
 
-/// Label of traffic-policy counters (`internal` / `external`).
+/// Labels of traffic-policy counters: the policy (`internal` / `external`) and the
+/// address family.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TrafficPolicyLabels {
     /// `internal` or `external`.
     pub traffic_policy: String,
+    /// `IPv4` or `IPv6`.
+    pub ip_family: String,
 }
 
 /// Label of the health endpoints' answer counters.
@@ -37,18 +65,18 @@ pub struct CodeLabels {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// Duration of each sync (full or partial), seconds.
-    pub sync_duration: Histogram,
-    /// Duration of full (verify) syncs, seconds.
-    pub sync_full_duration: Histogram,
-    /// Duration of partial (incremental) syncs, seconds.
-    pub sync_partial_duration: Histogram,
-    /// When the last sync finished, Unix seconds.
-    pub last_sync_timestamp: Gauge<f64, AtomicU64>,
-    /// When the last change was queued, Unix seconds.
-    pub last_queued_timestamp: Gauge<f64, AtomicU64>,
-    /// From a change in the cluster to the kernel reflecting it, seconds.
-    pub network_programming_duration: Histogram,
+    /// Duration of each sync (full or partial), seconds, by family.
+    pub sync_duration: FamilyHistogram,
+    /// Duration of full (verify) syncs, seconds, by family.
+    pub sync_full_duration: FamilyHistogram,
+    /// Duration of partial (incremental) syncs, seconds, by family.
+    pub sync_partial_duration: FamilyHistogram,
+    /// When the last sync finished, Unix seconds, by family.
+    pub last_sync_timestamp: Family<FamilyLabels, Gauge<f64, AtomicU64>>,
+    /// When the last change was queued, Unix seconds, by family.
+    pub last_queued_timestamp: Family<FamilyLabels, Gauge<f64, AtomicU64>>,
+    /// From a change in the cluster to the kernel reflecting it, seconds, by family.
+    pub network_programming_duration: FamilyHistogram,
     /// Service changes seen.
     pub service_changes: Counter,
     /// Service changes not yet applied.
@@ -57,7 +85,7 @@ pub struct Metrics {
     pub endpoint_changes: Counter,
     /// EndpointSlice changes not yet applied.
     pub endpoint_changes_pending: Gauge,
-    /// Services with a Local policy and no local endpoint, by policy.
+    /// Services with a Local policy and no local endpoint, by policy and family.
     pub no_local_endpoints: Family<TrafficPolicyLabels, Gauge>,
     /// `/healthz` answers by code.
     pub healthz_total: Family<CodeLabels, Counter>,
@@ -88,17 +116,21 @@ fn seconds_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
+fn programming_histogram() -> Histogram {
+    Histogram::new(programming_buckets())
+}
+
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let mut m = Metrics {
             registry: Registry::default(),
-            sync_duration: seconds_buckets(),
-            sync_full_duration: seconds_buckets(),
-            sync_partial_duration: seconds_buckets(),
-            last_sync_timestamp: Gauge::default(),
-            last_queued_timestamp: Gauge::default(),
-            network_programming_duration: Histogram::new(programming_buckets()),
+            sync_duration: Family::new_with_constructor(seconds_buckets),
+            sync_full_duration: Family::new_with_constructor(seconds_buckets),
+            sync_partial_duration: Family::new_with_constructor(seconds_buckets),
+            last_sync_timestamp: Family::default(),
+            last_queued_timestamp: Family::default(),
+            network_programming_duration: Family::new_with_constructor(programming_histogram),
             service_changes: Counter::default(),
             service_changes_pending: Gauge::default(),
             endpoint_changes: Counter::default(),
@@ -223,28 +255,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kube_proxy_metric_names_are_exported() {
+    fn kube_proxy_metric_names_are_exported_with_its_labels() {
         let m = Metrics::new();
+        let v4 = FamilyLabels::of(IpFamily::V4);
         m.service_changes.inc();
-        m.sync_duration.observe(0.01);
+        m.sync_duration.get_or_create(&v4).observe(0.01);
+        m.last_sync_timestamp.get_or_create(&v4).set(1.5);
         m.no_local_endpoints
             .get_or_create(&TrafficPolicyLabels {
                 traffic_policy: "external".into(),
+                ip_family: "IPv6".into(),
             })
             .set(2);
         let text = m.render();
         for name in [
-            "kubeproxy_sync_proxy_rules_duration_seconds_bucket",
-            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
-            "kubeproxy_network_programming_duration_seconds_bucket",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.001\",ip_family=\"IPv4\"} 0",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"} 1.5",
             "kubeproxy_sync_proxy_rules_service_changes_total 1",
             "kubeproxy_sync_proxy_rules_endpoint_changes_total 0",
-            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"} 2",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\",ip_family=\"IPv6\"} 2",
             "kipvs_graceful_termination_queue 0",
             "kipvs_sync_errors_total 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        // As kube-proxy's vectors: no series before the first value.
+        for name in [
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{",
+            "kubeproxy_network_programming_duration_seconds_bucket{",
+        ] {
+            assert!(!text.contains(name), "{name} in:\n{text}");
         }
     }
 

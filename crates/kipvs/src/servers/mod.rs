@@ -16,6 +16,7 @@ use axum::routing::get;
 use axum::Router;
 
 use health::{HealthAnswer, ProxyHealth};
+use kipvs_ipvs::Family;
 use metrics::{CodeLabels, Metrics};
 
 /// What the endpoints read, shared with the sync loop.
@@ -40,6 +41,15 @@ impl Shared {
     pub fn with_health<T>(&self, f: impl FnOnce(&mut ProxyHealth) -> T) -> T {
         let mut guard = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut guard)
+    }
+}
+
+/// An address family as kube-proxy names it: the `ip_family` label of its metrics and
+/// the keys of its health answers' `status`.
+pub fn ip_family(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "IPv4",
+        Family::V6 => "IPv6",
     }
 }
 
@@ -110,7 +120,18 @@ pub fn metrics_router(shared: Arc<Shared>) -> Router {
     };
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/proxyMode", get(|| async { "ipvs" }))
+        .route(
+            "/proxyMode",
+            get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                    ],
+                    "ipvs",
+                )
+            }),
+        )
         .route("/healthz", get(|| async { "ok" }))
 }
 
@@ -144,12 +165,27 @@ mod tests {
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    async fn response(addr: SocketAddr, path: &str) -> String {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    /// The status line and headers, lower-cased.
+    async fn get_head(addr: SocketAddr, path: &str) -> String {
+        let response = response(addr, path).await;
+        response
+            .split_once("\r\n\r\n")
+            .unwrap()
+            .0
+            .to_ascii_lowercase()
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let response = response(addr, path).await;
         let status = response[9..12].parse().unwrap();
         let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
         (status, body)
@@ -193,6 +229,8 @@ mod tests {
         shared.metrics.endpoint_changes.inc();
         let addr = start(metrics_router(shared)).await;
         assert_eq!(get(addr, "/proxyMode").await, (200, "ipvs".to_owned()));
+        let head = get_head(addr, "/proxyMode").await;
+        assert!(head.contains("x-content-type-options: nosniff"), "{head}");
         let (status, body) = get(addr, "/metrics").await;
         assert_eq!(status, 200);
         assert!(

@@ -15,7 +15,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kipvs_ipvs::Family;
 use kipvs_kube::source::ClusterEvent;
 use kipvs_proxy::{Moment, Plan, Proxier, Traffic};
 use tokio::sync::{mpsc, watch};
@@ -24,7 +23,7 @@ use tokio::time::Instant;
 use super::cluster::{Applied, ClusterView};
 use super::kernel::{Kernel, Report};
 use crate::owners::Recorder;
-use crate::servers::metrics::{OperationLabels, TrafficPolicyLabels};
+use crate::servers::metrics::{FamilyLabels, OperationLabels, TrafficPolicyLabels};
 use crate::servers::service_health::{self, HealthChecks};
 use crate::servers::Shared;
 
@@ -134,6 +133,7 @@ impl<K: Kernel> SyncLoop<K> {
         timing: Timing,
     ) -> Self {
         let now = Instant::now();
+        shared.with_health(|h| h.set_families(&proxier.config().families));
         SyncLoop {
             proxier,
             view: ClusterView::new(node_name),
@@ -273,7 +273,12 @@ impl<K: Kernel> SyncLoop<K> {
             self.pending_since.get_or_insert(now);
             let wall = SystemTime::now();
             self.shared.with_health(|h| h.queued(wall));
-            metrics.last_queued_timestamp.set(unix_seconds(wall));
+            for family in self.families() {
+                metrics
+                    .last_queued_timestamp
+                    .get_or_create(&family)
+                    .set(unix_seconds(wall));
+            }
         }
     }
 
@@ -301,10 +306,15 @@ impl<K: Kernel> SyncLoop<K> {
         }
         let elapsed = started.elapsed().as_secs_f64();
         let metrics = &self.shared.metrics;
-        metrics.sync_duration.observe(elapsed);
-        match pass {
-            Pass::Verify => metrics.sync_full_duration.observe(elapsed),
-            Pass::Sync => metrics.sync_partial_duration.observe(elapsed),
+        let families = self.families();
+        for family in &families {
+            metrics.sync_duration.get_or_create(family).observe(elapsed);
+            match pass {
+                Pass::Verify => &metrics.sync_full_duration,
+                Pass::Sync => &metrics.sync_partial_duration,
+            }
+            .get_or_create(family)
+            .observe(elapsed);
         }
         metrics
             .graceful_termination_queue
@@ -322,13 +332,22 @@ impl<K: Kernel> SyncLoop<K> {
             self.retry = self.timing.retry;
             if let Some(since) = self.pending_since.take() {
                 // Until now, when the kernel reflects the change, not when the pass began.
-                metrics
-                    .network_programming_duration
-                    .observe(Instant::now().duration_since(since).as_secs_f64());
+                let latency = Instant::now().duration_since(since).as_secs_f64();
+                for family in &families {
+                    metrics
+                        .network_programming_duration
+                        .get_or_create(family)
+                        .observe(latency);
+                }
             }
             let wall = SystemTime::now();
             self.shared.with_health(|h| h.updated(wall));
-            metrics.last_sync_timestamp.set(unix_seconds(wall));
+            for family in &families {
+                metrics
+                    .last_sync_timestamp
+                    .get_or_create(family)
+                    .set(unix_seconds(wall));
+            }
         } else {
             metrics.sync_errors.inc();
             // Read the kernel back and plan again, with backoff.
@@ -342,19 +361,29 @@ impl<K: Kernel> SyncLoop<K> {
     /// node (their virtual services fell back to every endpoint), by policy.
     fn book_no_local_endpoints(&self) {
         let desired = self.proxier.desired();
-        for traffic in [Traffic::Internal, Traffic::External] {
-            let count: usize = [Family::V4, Family::V6]
-                .into_iter()
-                .map(|family| desired.without_local_endpoints(traffic, family))
-                .sum();
-            self.shared
-                .metrics
-                .no_local_endpoints
-                .get_or_create(&TrafficPolicyLabels {
-                    traffic_policy: traffic.as_str().to_owned(),
-                })
-                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        for &family in &self.proxier.config().families {
+            for traffic in [Traffic::Internal, Traffic::External] {
+                let count = desired.without_local_endpoints(traffic, family);
+                self.shared
+                    .metrics
+                    .no_local_endpoints
+                    .get_or_create(&TrafficPolicyLabels {
+                        traffic_policy: traffic.as_str().to_owned(),
+                        ip_family: FamilyLabels::of(family).ip_family,
+                    })
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
         }
+    }
+
+    /// The `ip_family` labels of the families kipvs programs.
+    fn families(&self) -> Vec<FamilyLabels> {
+        self.proxier
+            .config()
+            .families
+            .iter()
+            .map(|&family| FamilyLabels::of(family))
+            .collect()
     }
 
     fn verify(&mut self, now: Instant) -> Result<Report, String> {

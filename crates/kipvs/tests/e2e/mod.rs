@@ -650,9 +650,13 @@ impl Cluster {
                     .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
                     .unwrap_or(0.0)
             };
-            let synced = gauge("kubeproxy_sync_proxy_rules_last_timestamp_seconds ");
+            let synced =
+                gauge("kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"} ");
             synced > 0.0
-                && synced >= gauge("kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds ")
+                && synced
+                    >= gauge(
+                        "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family=\"IPv4\"} ",
+                    )
         });
     }
 

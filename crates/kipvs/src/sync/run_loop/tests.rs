@@ -287,7 +287,8 @@ async fn health_turns_unhealthy_when_changes_wait_and_back_when_applied() {
     assert!(l.shared.with_health(|h| h.last_updated().is_some()));
     let metrics = l.shared.metrics.render();
     assert!(
-        metrics.contains("kubeproxy_network_programming_duration_seconds_count 1"),
+        metrics
+            .contains("kubeproxy_network_programming_duration_seconds_count{ip_family=\"IPv4\"} 1"),
         "{metrics}"
     );
 }
@@ -430,8 +431,9 @@ ports: [{name: http, port: 8080}]
     assert_eq!(lb.destinations.len(), 1);
     let metrics = l.shared.metrics.render();
     for line in [
-        "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"} 1",
-        "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\"} 0",
+        "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\",ip_family=\"IPv4\"} 1",
+        "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\",ip_family=\"IPv4\"} 0",
+        "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\",ip_family=\"IPv6\"} 0",
     ] {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
