@@ -231,6 +231,8 @@ impl Metrics {
             "Syncs in which some kernel operation failed",
             m.sync_errors.clone(),
         );
+        // kube-proxy's process_* metrics (Prometheus' process collector), unprefixed.
+        registry.register_collector(Box::new(super::process::ProcessCollector));
         m.registry = registry;
         m
     }
@@ -276,6 +278,10 @@ mod tests {
             "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\",ip_family=\"IPv6\"} 2",
             "kipvs_graceful_termination_queue 0",
             "kipvs_sync_errors_total 0",
+            "process_cpu_seconds_total ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
+            "process_network_receive_bytes_total ",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

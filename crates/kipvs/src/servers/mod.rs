@@ -4,6 +4,7 @@
 
 pub mod health;
 pub mod metrics;
+pub mod process;
 pub mod service_health;
 
 use std::net::SocketAddr;
