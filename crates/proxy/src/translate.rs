@@ -475,10 +475,12 @@ impl Translation<'_> {
             port: port.port,
         };
 
-        // Hairpin: this node's endpoints reaching themselves through the Service.
+        // Hairpin: this node's endpoints reaching themselves through the Service. Every
+        // local endpoint, whatever its conditions, as kube-proxy (which adds each local
+        // endpoint of its endpoints map, starting and terminating ones included).
         for c in &candidates {
             let e = c.endpoint;
-            if c.is_local(node) && (e.conditions.ready || e.conditions.serving) {
+            if c.is_local(node) {
                 self.member(
                     set(SetKind::LoopBack),
                     Member::IpPortIp {
@@ -623,7 +625,7 @@ impl Translation<'_> {
 mod tests {
     use super::*;
     use crate::annotations;
-    use crate::model::{RawIngress, RawService};
+    use crate::model::{RawEndpoint, RawIngress, RawService};
     use crate::testutil::*;
 
     fn run(raw: RawService, slices: &[EndpointSlice], config: &Config) -> ServiceState {
@@ -689,6 +691,37 @@ mod tests {
             ]
         );
         assert!(st.warnings.is_empty());
+    }
+
+    #[test]
+    fn every_local_endpoint_gets_its_hairpin_entry_whatever_its_conditions() {
+        let starting = RawEndpoint {
+            ready: Some(false),
+            serving: Some(false),
+            ..endpoint("10.244.1.8", "a")
+        };
+        let leaving = RawEndpoint {
+            ready: Some(false),
+            serving: Some(false),
+            terminating: Some(true),
+            ..endpoint("10.244.1.9", "a")
+        };
+        let slices = vec![slice(raw_slice("web", "1", vec![starting, leaving]))];
+        let st = run(
+            raw_service("web", "10.96.0.10"),
+            &slices,
+            &Config::default(),
+        );
+        assert!(st.virtual_services[0].destinations.is_empty());
+        assert_eq!(
+            members(&st),
+            vec![
+                "KUBE-CLUSTER-IP 10.96.0.10,tcp:80",
+                "KUBE-IPVS-IPS 10.96.0.10",
+                "KUBE-LOOP-BACK 10.244.1.8,tcp:8080,10.244.1.8",
+                "KUBE-LOOP-BACK 10.244.1.9,tcp:8080,10.244.1.9",
+            ]
+        );
     }
 
     #[test]
