@@ -133,26 +133,7 @@ impl VipLink {
     /// (no `dummy` module, no `CAP_NET_ADMIN`).
     pub async fn ensure(name: &str) -> Result<VipLink> {
         let (handle, connection) = connect()?;
-        let index = match link_index(&handle, name).await? {
-            Some(index) => index,
-            None => {
-                let message = LinkDummy::new(name).arp(false).build();
-                match handle.link().add(message).execute().await {
-                    Ok(()) => tracing::info!(link = name, "created the VIP link"),
-                    // Someone created it between our lookup and our request: fine.
-                    Err(e) if nl_errno(&e) == Some(EEXIST) => {}
-                    Err(e) => return Err(Error::netlink("create link", name.to_owned(), e)),
-                }
-                link_index(&handle, name)
-                    .await?
-                    .ok_or_else(|| Error::Netlink {
-                        op: "find link",
-                        object: name.to_owned(),
-                        errno: Some(ENODEV),
-                        message: "created, then not found".to_owned(),
-                    })?
-            }
-        };
+        let index = find_or_create(&handle, name).await?;
         Ok(VipLink {
             handle,
             connection,
@@ -160,6 +141,19 @@ impl VipLink {
             name: name.to_owned(),
             index,
         })
+    }
+
+    /// Makes sure the link still exists, creating it again (empty, down, NOARP) when
+    /// someone deleted it, as kube-proxy does at every sync. Returns whether it had to be
+    /// created.
+    ///
+    /// # Errors
+    /// When the lookup fails or the kernel refuses to create the link.
+    pub async fn refresh(&mut self) -> Result<bool> {
+        let index = find_or_create(&self.handle, &self.name).await?;
+        let recreated = index != self.index;
+        self.index = index;
+        Ok(recreated)
     }
 
     /// Opens the link `name` if it exists, without creating it.
@@ -488,6 +482,28 @@ fn address_message(index: u32, vip: IpAddr) -> AddressMessage {
 }
 
 /// The index of link `name`, or `None` when no such link exists.
+/// The index of the dummy link `name`, created (down, NOARP) when missing.
+async fn find_or_create(handle: &Handle, name: &str) -> Result<u32> {
+    if let Some(index) = link_index(handle, name).await? {
+        return Ok(index);
+    }
+    let message = LinkDummy::new(name).arp(false).build();
+    match handle.link().add(message).execute().await {
+        Ok(()) => tracing::info!(link = name, "created the VIP link"),
+        // Someone created it between our lookup and our request: fine.
+        Err(e) if nl_errno(&e) == Some(EEXIST) => {}
+        Err(e) => return Err(Error::netlink("create link", name.to_owned(), e)),
+    }
+    link_index(handle, name)
+        .await?
+        .ok_or_else(|| Error::Netlink {
+            op: "find link",
+            object: name.to_owned(),
+            errno: Some(ENODEV),
+            message: "created, then not found".to_owned(),
+        })
+}
+
 async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
     let mut links = handle.link().get().match_name(name).execute();
     match links.try_next().await {

@@ -390,6 +390,28 @@ fn drift_is_repaired_and_state_file_changes_applied_and_sigterm_keeps_the_rules(
                 .contains("10.96.0.1/32")
     });
 
+    // kube-ipvs0 and an (unreferenced, empty) KUBE-* set deleted by hand: the next verify
+    // creates both again, as kube-proxy does at every sync, and binds the VIPs again.
+    ns.ip(&["link", "del", "kube-ipvs0"]);
+    ns.run_ok("ipset", &["destroy", "KUBE-LOAD-BALANCER-LOCAL"]);
+    wait_for(
+        "kube-ipvs0 and the set again",
+        Duration::from_secs(60),
+        || {
+            ns.run("ip", &["-o", "addr", "show", "dev", "kube-ipvs0"])
+                .status
+                .success()
+                && ns
+                    .ip(&["-o", "addr", "show", "dev", "kube-ipvs0"])
+                    .contains("10.96.10.20/32")
+                && ns
+                    .run_ok("ipset", &["list", "-n"])
+                    .lines()
+                    .any(|l| l == "KUBE-LOAD-BALANCER-LOCAL")
+        },
+    );
+    assert_eq!(sorted(&ipvs(&ns)), sorted(EXAMPLE_IPVS));
+
     // The state file changes: kube-dns goes away, its services and VIP with it.
     let text = std::fs::read_to_string(repo_file("examples/cluster.yaml")).unwrap();
     let without_dns = text

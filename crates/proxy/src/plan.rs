@@ -74,6 +74,19 @@ pub enum IpvsOp {
 }
 
 impl IpvsOp {
+    /// The Service port the operation is for; `None` for deleting a virtual service no
+    /// Service wants.
+    pub fn owner(&self) -> Option<&Owner> {
+        match self {
+            IpvsOp::AddService { owner, .. }
+            | IpvsOp::UpdateService { owner, .. }
+            | IpvsOp::AddDestination { owner, .. }
+            | IpvsOp::UpdateDestination { owner, .. }
+            | IpvsOp::DeleteDestination { owner, .. } => Some(owner),
+            IpvsOp::DeleteService { .. } => None,
+        }
+    }
+
     /// The virtual service the operation is on.
     pub fn key(&self) -> &ServiceKey {
         match self {

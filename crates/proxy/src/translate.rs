@@ -64,6 +64,13 @@ impl Owner {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The Service the port belongs to.
+    pub fn service(&self) -> ServiceName {
+        let (namespace, rest) = self.0.split_once('/').unwrap_or(("", &self.0));
+        let name = rest.rsplit_once(':').map_or(rest, |(name, _)| name);
+        ServiceName::new(namespace, name)
+    }
 }
 
 impl fmt::Display for Owner {
@@ -665,6 +672,24 @@ mod tests {
             .iter()
             .map(|d| format!("{}:{}", d.addr, d.port))
             .collect()
+    }
+
+    #[test]
+    fn an_owner_names_its_service() {
+        let name = ServiceName::new("shop", "web");
+        let named = ServicePort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port: None,
+        };
+        let unnamed = ServicePort {
+            name: String::new(),
+            ..named.clone()
+        };
+        for port in [named, unnamed] {
+            assert_eq!(Owner::new(&name, &port).service(), name);
+        }
     }
 
     #[test]

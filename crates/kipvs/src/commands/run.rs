@@ -198,6 +198,12 @@ impl WarningSink for Events {
         self.0
             .forget(&ServiceRef::new(&service.namespace, &service.name));
     }
+
+    fn failed(&self, service: &kipvs_proxy::ServiceName, message: &str) {
+        let service = ServiceRef::new(&service.namespace, &service.name);
+        self.0
+            .warn_in_background(&service, crate::sync::run_loop::FAILED_TO_PROGRAM, message);
+    }
 }
 
 fn with_sink<K: Kernel>(sync: SyncLoop<K>, sink: Option<Box<dyn WarningSink>>) -> SyncLoop<K> {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kipvs_proxy::{IpvsOp, Observed, Plan};
+use kipvs_proxy::{IpvsOp, Observed, Owner, Plan};
 
 /// What one kernel operation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -72,13 +72,31 @@ impl OpKind {
     }
 }
 
-/// How a Plan went: counts per operation kind and result, and the failures in words.
+/// One failed kernel operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What kind of operation it was.
+    pub kind: OpKind,
+    /// The Service port it was for, when it was for one (IPVS operations on a wanted
+    /// virtual service); such a failure is recorded as an Event on the Service.
+    pub owner: Option<Owner>,
+    /// What, on which object, why.
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// How a Plan went: counts per operation kind and result, and the failures.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     /// Operations by kind and result (`ok` or an error class).
     pub counts: BTreeMap<(OpKind, &'static str), u64>,
-    /// One line per failed operation: what, on which object, why.
-    pub failures: Vec<String>,
+    /// The failed operations.
+    pub failures: Vec<Failure>,
     /// How long each kind of kernel work took (`ipsets`, `vips`, `iptables`, `ipvs`,
     /// `conntrack`), in the order first done.
     pub phases: Vec<(&'static str, Duration)>,
@@ -99,8 +117,23 @@ impl Report {
 
     /// Records a failed operation and why.
     pub fn fail(&mut self, kind: OpKind, class: &'static str, what: String) {
+        self.fail_for(kind, class, None, what);
+    }
+
+    /// Records a failed operation for a Service port (`owner`) and why.
+    pub fn fail_for(
+        &mut self,
+        kind: OpKind,
+        class: &'static str,
+        owner: Option<Owner>,
+        what: String,
+    ) {
         self.record(kind, class);
-        self.failures.push(what);
+        self.failures.push(Failure {
+            kind,
+            owner,
+            message: what,
+        });
     }
 
     /// Runs `work`, adding the time it took to `phase`.
@@ -118,6 +151,14 @@ impl Report {
     /// Whether every operation succeeded.
     pub fn is_success(&self) -> bool {
         self.failures.is_empty()
+    }
+
+    /// Whether the sync failed as a whole: the iptables rules could not be written. As
+    /// in kube-proxy, only such a failure (or a kernel that cannot be read, or
+    /// kube-ipvs0 or a KUBE-* set that cannot be created) holds up the health check; a
+    /// single IPVS, ipset, address or conntrack operation that fails does not.
+    pub fn sync_failed(&self) -> bool {
+        self.failures.iter().any(|f| f.kind == OpKind::Iptables)
     }
 
     /// Operations carried out, successful or not.
@@ -160,6 +201,8 @@ pub struct SimulatedKernel {
     pub plans: Vec<Plan>,
     /// Fail every IPVS operation on these service keys (to test retries).
     pub failing: Vec<kipvs_ipvs::ServiceKey>,
+    /// Fail writing the iptables rules (a sync that fails as a whole).
+    pub failing_iptables: bool,
 }
 
 impl Kernel for SimulatedKernel {
@@ -173,9 +216,10 @@ impl Kernel for SimulatedKernel {
         applied.ipvs.retain(|op| {
             let fails = self.failing.contains(op.key());
             if fails {
-                report.fail(
+                report.fail_for(
                     OpKind::of(op),
                     "invalid",
+                    op.owner().cloned(),
                     format!("simulated failure on {}", op.key()),
                 );
             } else {
@@ -188,6 +232,17 @@ impl Kernel for SimulatedKernel {
         report.ok(OpKind::Unbind, plan.unbinds.len());
         report.ok(OpKind::SetDelete, plan.set_deletes.len());
         report.ok(OpKind::ConntrackFlush, plan.conntrack.len());
+        if plan.iptables.is_some() {
+            if self.failing_iptables {
+                report.fail(
+                    OpKind::Iptables,
+                    "error",
+                    "simulated iptables-restore failure".to_owned(),
+                );
+            } else {
+                report.record(OpKind::Iptables, "ok");
+            }
+        }
         kipvs_proxy::apply(&applied, &mut self.state);
         self.plans.push(plan.clone());
         report

@@ -346,14 +346,32 @@ pub fn local_detector(detection: &LocalDetection, rules: &FamilyRules) -> LocalD
 }
 
 impl Kernel for NodeKernel {
+    /// Also makes sure kube-ipvs0 and every KUBE-* set exist, creating what someone
+    /// removed, as kube-proxy does at every sync; failing that, the sync fails as a whole.
     fn observe(&mut self) -> Result<Observed, ObserveError> {
         let table = self.ipvs.table().map_err(|e| ObserveError(e.to_string()))?;
-        let link = &self.link;
-        let addresses = tokio::task::block_in_place(|| self.runtime.block_on(link.addresses()))
-            .map_err(|e| ObserveError(e.to_string()))?
-            .into_iter()
-            .map(|net| net.addr())
-            .collect();
+        let (link, runtime) = (&mut self.link, &self.runtime);
+        let (recreated, addresses) = tokio::task::block_in_place(|| {
+            runtime.block_on(async {
+                let recreated = link.refresh().await?;
+                Ok::<_, kipvs_host::Error>((recreated, link.addresses().await?))
+            })
+        })
+        .map_err(|e| ObserveError(e.to_string()))?;
+        if recreated {
+            tracing::warn!(
+                link = self.link.name(),
+                "the VIP link was gone; created it again"
+            );
+        }
+        let addresses = addresses.into_iter().map(|net| net.addr()).collect();
+        let created = self
+            .ipsets
+            .ensure_sets()
+            .map_err(|e| ObserveError(format!("cannot create the KUBE-* sets: {e}")))?;
+        if created > 0 {
+            tracing::warn!(sets = created, "KUBE-* sets were gone; created them again");
+        }
         let ipsets = self
             .ipsets
             .read()
@@ -391,7 +409,12 @@ impl Kernel for NodeKernel {
                     let kind = OpKind::of(op);
                     match result {
                         Ok(()) => report.record(kind, "ok"),
-                        Err(err) => report.fail(kind, ipvs_class(&err), err.to_string()),
+                        Err(err) => report.fail_for(
+                            kind,
+                            ipvs_class(&err),
+                            op.owner().cloned(),
+                            err.to_string(),
+                        ),
                     }
                 }
             });

@@ -106,7 +106,14 @@ pub trait WarningSink: Send + Sync {
     /// The Service was applied without any warning, or removed: what was reported is
     /// over, and the same warning later is news again.
     fn clear(&self, service: &kipvs_proxy::ServiceName);
+
+    /// A kernel operation for the Service failed (it is retried at every sync); the
+    /// same failure comes again at every retry while it lasts.
+    fn failed(&self, service: &kipvs_proxy::ServiceName, message: &str);
 }
+
+/// The Kubernetes Event reason of a kernel operation that failed for a Service.
+pub const FAILED_TO_PROGRAM: &str = "FailedToProgram";
 
 impl<K: Kernel> std::fmt::Debug for SyncLoop<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -321,15 +328,17 @@ impl<K: Kernel> SyncLoop<K> {
             .set(i64::try_from(self.proxier.draining()).unwrap_or(i64::MAX));
         self.book_no_local_endpoints();
         self.last_sync = Some(now);
-        let success = match result {
-            Ok(report) => report.is_success(),
+        // As kube-proxy: health follows the sync as a whole (the kernel read back, the
+        // rules written); an object the kernel refuses is retried and reported, and
+        // never takes the node out.
+        let (synced, success) = match result {
+            Ok(report) => (!report.sync_failed(), report.is_success()),
             Err(why) => {
-                tracing::warn!(reason = %why, "cannot read the kernel; nothing planned");
-                false
+                tracing::warn!(reason = %why, "cannot read or prepare the kernel; nothing planned");
+                (false, false)
             }
         };
-        if success {
-            self.retry = self.timing.retry;
+        if synced {
             if let Some(since) = self.pending_since.take() {
                 // Until now, when the kernel reflects the change, not when the pass began.
                 let latency = Instant::now().duration_since(since).as_secs_f64();
@@ -348,6 +357,9 @@ impl<K: Kernel> SyncLoop<K> {
                     .get_or_create(family)
                     .set(unix_seconds(wall));
             }
+        }
+        if success {
+            self.retry = self.timing.retry;
         } else {
             metrics.sync_errors.inc();
             // Read the kernel back and plan again, with backoff.
@@ -419,6 +431,16 @@ impl<K: Kernel> SyncLoop<K> {
         }
         for failure in &report.failures {
             tracing::warn!(failure = %failure, "kernel operation failed; will verify and retry");
+            if let (Some(owner), Some(sink)) = (&failure.owner, &self.warning_sink) {
+                sink.failed(
+                    &owner.service(),
+                    &format!(
+                        "the kernel refused {} for {owner}: {}; kipvs retries it at every sync",
+                        failure.kind.as_str(),
+                        failure.message
+                    ),
+                );
+            }
         }
         if report.total() > 0 {
             tracing::info!(

@@ -267,9 +267,9 @@ async fn a_degraded_source_leaves_the_kernel_alone() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn health_turns_unhealthy_when_changes_wait_and_back_when_applied() {
+async fn health_turns_unhealthy_when_a_sync_fails_as_a_whole_and_back_when_applied() {
     let kernel = SimulatedKernel {
-        failing: vec![key("10.96.0.1", 443)],
+        failing_iptables: true,
         ..SimulatedKernel::default()
     };
     let mut l = new_loop(kernel);
@@ -281,7 +281,8 @@ async fn health_turns_unhealthy_when_changes_wait_and_back_when_applied() {
         l.pending_since.is_some(),
         "a failed sync leaves the changes pending"
     );
-    l.kernel.failing.clear();
+    assert!(l.shared.with_health(|h| h.last_updated().is_none()));
+    l.kernel.failing_iptables = false;
     run_for(&mut l, &mut rx, Duration::from_secs(3)).await;
     assert!(l.pending_since.is_none());
     assert!(l.shared.with_health(|h| h.last_updated().is_some()));
@@ -308,6 +309,63 @@ impl WarningSink for Recorded {
     fn clear(&self, service: &kipvs_proxy::ServiceName) {
         self.0.lock().unwrap().push(format!("clear {service}"));
     }
+
+    fn failed(&self, service: &kipvs_proxy::ServiceName, message: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("failed {service} {message}"));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_object_the_kernel_refuses_is_retried_counted_and_reported_but_keeps_the_node_healthy()
+{
+    let recorded = Recorded::default();
+    let kernel = SimulatedKernel {
+        failing: vec![key("10.96.0.1", 443)],
+        ..SimulatedKernel::default()
+    };
+    let mut l = new_loop(kernel).with_warning_sink(Box::new(recorded.clone()));
+    let (_tx, mut rx) = mpsc::channel(8);
+    feed_example(&mut l);
+    // Far longer than the health timeout (2 x syncPeriod = 60 s).
+    run_for(&mut l, &mut rx, Duration::from_secs(200)).await;
+    assert!(
+        l.pending_since.is_none(),
+        "the changes were applied as far as the kernel takes them"
+    );
+    assert!(l.shared.with_health(|h| h.last_updated().is_some()));
+    assert!(
+        l.kernel().plans.len() >= 6,
+        "not retried: {} plans",
+        l.kernel().plans.len()
+    );
+    assert!(
+        has_service(&l, &key("10.96.10.20", 80)),
+        "others still served"
+    );
+    let metrics = l.shared.metrics.render();
+    assert!(
+        metrics.contains("kipvs_kernel_operations_total{kind=\"add_service\",result=\"invalid\"}"),
+        "{metrics}"
+    );
+    let reports: Vec<String> = recorded
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.starts_with("failed"))
+        .cloned()
+        .collect();
+    assert!(!reports.is_empty());
+    assert!(
+        reports.iter().all(
+            |r| r.starts_with("failed default/kubernetes the kernel refused add_")
+                && r.contains(" for default/kubernetes:https: simulated failure")
+        ),
+        "{reports:?}"
+    );
 }
 
 #[test]
