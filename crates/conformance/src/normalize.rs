@@ -140,7 +140,7 @@ fn strip_counters(line: &str) -> &str {
 #[error("ip -j output: {0}")]
 pub struct LinksError(#[from] serde_json::Error);
 
-/// `ip -d -j addr show`: one line per link, `NAME link KIND flags F,... state S mtu N`,
+/// `ip -d -j addr show`: one line per link, `NAME link KIND flags F,... state S mtu N qdisc Q txqlen N`,
 /// and one per address, `NAME FAMILY ADDRESS/LEN scope S [flag...]`; sorted. IPv6
 /// link-local addresses (made from a random MAC address) become `fe80::<link-local>`.
 ///
@@ -163,12 +163,17 @@ pub fn links(ip_json: &str) -> Result<Vec<String>, LinksError> {
             .flatten()
             .filter_map(serde_json::Value::as_str)
             .collect();
+        let number = |field: &str| {
+            link.get(field)
+                .map_or_else(String::new, ToString::to_string)
+        };
         out.push(format!(
-            "{name} link {kind} flags {} state {} mtu {}",
+            "{name} link {kind} flags {} state {} mtu {} qdisc {} txqlen {}",
             flags.join(","),
             str_field(link, "operstate"),
-            link.get("mtu")
-                .map_or_else(String::new, ToString::to_string)
+            number("mtu"),
+            str_field(link, "qdisc"),
+            number("txqlen"),
         ));
         for addr in link
             .get("addr_info")
@@ -513,9 +518,9 @@ COMMIT
 
     #[test]
     fn links_list_kind_flags_and_addresses_with_link_local_ones_masked() {
-        let json = r#"[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"mtu":65536,"operstate":"UNKNOWN","link_type":"loopback","address":"00:00:00:00:00:00",
+        let json = r#"[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"mtu":65536,"qdisc":"noqueue","operstate":"UNKNOWN","txqlen":1000,"link_type":"loopback","address":"00:00:00:00:00:00",
             "addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8,"scope":"host","label":"lo","valid_life_time":4294967295}]},
-          {"ifindex":3,"ifname":"kube-ipvs0","flags":["BROADCAST","NOARP"],"mtu":1500,"operstate":"DOWN","link_type":"ether","address":"1a:2b:3c:4d:5e:6f","linkinfo":{"info_kind":"dummy"},
+          {"ifindex":3,"ifname":"kube-ipvs0","flags":["BROADCAST","NOARP"],"mtu":1500,"qdisc":"noop","operstate":"DOWN","txqlen":0,"link_type":"ether","address":"1a:2b:3c:4d:5e:6f","linkinfo":{"info_kind":"dummy"},
             "addr_info":[{"family":"inet6","local":"fd00:10:96::1","prefixlen":128,"scope":"global","nodad":true,"valid_life_time":4294967295},
                          {"family":"inet","local":"10.96.0.1","prefixlen":32,"scope":"global","label":"kube-ipvs0"},
                          {"family":"inet6","local":"fe80::182b:3cff:fe4d:5e6f","prefixlen":64,"scope":"link"}]}]"#;
@@ -525,9 +530,9 @@ COMMIT
                 "kube-ipvs0 inet 10.96.0.1/32 scope global",
                 "kube-ipvs0 inet6 fd00:10:96::1/128 scope global nodad",
                 "kube-ipvs0 inet6 fe80::<link-local>/64 scope link",
-                "kube-ipvs0 link dummy flags BROADCAST,NOARP state DOWN mtu 1500",
+                "kube-ipvs0 link dummy flags BROADCAST,NOARP state DOWN mtu 1500 qdisc noop txqlen 0",
                 "lo inet 127.0.0.1/8 scope host",
-                "lo link loopback flags LOOPBACK,UP,LOWER_UP state UNKNOWN mtu 65536",
+                "lo link loopback flags LOOPBACK,UP,LOWER_UP state UNKNOWN mtu 65536 qdisc noqueue txqlen 1000",
             ]
         );
         assert!(links("not json").is_err());
