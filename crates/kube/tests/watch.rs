@@ -172,10 +172,15 @@ async fn the_initial_listing_arrives_as_resets_without_other_proxies_objects() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    // The selectors kube-proxy uses went to the server.
+    // The selectors kube-proxy uses went to the server: Services without another
+    // proxy's label, EndpointSlices without the headless label.
     let requests = server.requests().join("\n");
     assert!(
-        requests.contains("labelSelector=%21service.kubernetes.io%2Fservice-proxy-name%2C%21service.kubernetes.io%2Fheadless"),
+        requests.contains("services?&labelSelector=%21service.kubernetes.io%2Fservice-proxy-name&"),
+        "{requests}"
+    );
+    assert!(
+        requests.contains("endpointslices?&labelSelector=%21service.kubernetes.io%2Fheadless&"),
         "{requests}"
     );
     assert!(

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use kipvs_kube::convert::{self, NodeInfo};
 use kipvs_kube::source::{ClusterEvent, ObjectKey};
+use kipvs_kube::watch::HEADLESS_LABEL;
 use kipvs_proxy::{EndpointSlice, Proxier, Service, ServiceName, SliceName, Warning};
 
 /// What one event changed, for logs, metrics, Events and health.
@@ -164,6 +165,20 @@ impl ClusterView {
         applied: &mut Applied,
     ) {
         let object = key(&slice.metadata);
+        // A headless Service's slice: left out, as the watch's label selector leaves it
+        // out (a state file holds it all the same).
+        let headless = slice
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(HEADLESS_LABEL));
+        if headless {
+            if self.slices.remove(&object) {
+                proxier.remove_slice(&SliceName::new(&object.namespace, &object.name));
+                applied.slice_changes += 1;
+            }
+            return;
+        }
         match EndpointSlice::try_new(convert::endpoint_slice(slice)) {
             Ok(slice) => {
                 if proxier.upsert_slice(slice) {
@@ -221,6 +236,26 @@ mod tests {
         assert_eq!(applied.slice_changes, 3);
         // kubernetes:443, web:80 (ClusterIP + NodePort on 192.168.1.10), kube-dns UDP+TCP 53
         assert_eq!(virtual_services(&mut p), 5);
+    }
+
+    #[test]
+    fn a_headless_services_slices_are_left_out_as_the_watch_leaves_them_out() {
+        let mut p = proxier();
+        let mut view = ClusterView::new("node-a");
+        let state = example();
+        view.apply(&mut p, ClusterEvent::ServicesReset(state.services));
+        let mut slice = state.endpoint_slices[0].clone();
+        let applied = view.apply(&mut p, ClusterEvent::SliceApplied(Box::new(slice.clone())));
+        assert_eq!(applied.slice_changes, 1);
+        slice
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(HEADLESS_LABEL.into(), String::new());
+        let applied = view.apply(&mut p, ClusterEvent::SliceApplied(Box::new(slice.clone())));
+        assert_eq!(applied.slice_changes, 1, "the labelled slice goes");
+        let applied = view.apply(&mut p, ClusterEvent::SliceApplied(Box::new(slice)));
+        assert!(!applied.changed(), "and stays out");
     }
 
     #[test]

@@ -62,11 +62,17 @@ pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-
 /// The label the EndpointSlice controller puts on the slices of headless Services.
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 
-/// The label selector kube-proxy lists Services and EndpointSlices with: nothing that
-/// belongs to another proxy, no endpoints of headless Services. It only saves
-/// bandwidth: the core still skips such Services itself.
-pub fn proxied_selector() -> String {
-    format!("!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}")
+/// The label selector kube-proxy lists Services with: none that belongs to another
+/// proxy. It only saves bandwidth: the core still skips such Services itself.
+pub fn services_selector() -> String {
+    format!("!{SERVICE_PROXY_NAME_LABEL}")
+}
+
+/// The label selector kube-proxy lists EndpointSlices with: none of a headless Service.
+/// The label only counts on slices: a Service that carries it but has a ClusterIP is
+/// proxied, by kube-proxy as by kipvs (its slices, labelled too, are not).
+pub fn slices_selector() -> String {
+    format!("!{HEADLESS_LABEL}")
 }
 
 /// How the watchers talk to the API server.
@@ -115,18 +121,17 @@ pub async fn watch_cluster(
 ) {
     let node_name: String = node_name.into();
     let outage = Outage::default();
-    let proxied = proxied_selector();
     let base = config.watcher_config();
     let services = Watched {
         name: "services",
         api: Api::<Service>::all(client.clone()),
-        config: base.clone().labels(&proxied),
+        config: base.clone().labels(&services_selector()),
         to_events: service_events,
     };
     let slices = Watched {
         name: "endpointslices",
         api: Api::<EndpointSlice>::all(client.clone()),
-        config: base.clone().labels(&proxied),
+        config: base.clone().labels(&slices_selector()),
         to_events: slice_events,
     };
     let node = Watched {

@@ -17,8 +17,6 @@ use crate::warning::{InvalidObject, Kind, ObjectRef, Reason, Warning};
 
 /// Label that hands a Service to another proxy; kipvs skips such Services.
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
-/// Label that marks a headless Service; kipvs skips such Services.
-pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 /// Session affinity timeout when `sessionAffinityConfig` gives none (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 /// Longest session affinity timeout the API allows (1 day).
@@ -511,10 +509,11 @@ impl Service {
         })
     }
 
-    /// Whether kipvs leaves this Service alone: another proxy's, headless, or a DNS alias.
+    /// Whether kipvs leaves this Service alone: another proxy's, headless (`clusterIP:
+    /// None`), or a DNS alias. The `service.kubernetes.io/headless` label does not count
+    /// on a Service, as in kube-proxy (which only filters EndpointSlices by it).
     pub fn is_skipped(&self) -> bool {
         self.labels.contains_key(SERVICE_PROXY_NAME_LABEL)
-            || self.labels.contains_key(HEADLESS_LABEL)
             || self.headless
             || self.cluster_ips.is_empty()
             || self.service_type == ServiceType::ExternalName
@@ -671,6 +670,11 @@ mod tests {
         r.service_type = Some("ExternalName".into());
         r.cluster_ips.clear();
         assert!(Service::try_new(r).unwrap().is_skipped());
+        // The headless label on a Service with a ClusterIP: proxied, as by kube-proxy.
+        let mut r = raw();
+        r.labels
+            .insert("service.kubernetes.io/headless".into(), String::new());
+        assert!(!Service::try_new(r).unwrap().is_skipped());
     }
 
     #[test]
