@@ -24,8 +24,8 @@ pub struct Config {
     /// changed unless a Service asks for them (`ipvs.excludeCIDRs`, as kube-proxy's
     /// `cleanLegacyService` skips them); Services inside are programmed as usual.
     pub exclude_cidrs: Vec<IpNet>,
-    /// Node addresses NodePorts listen on (`nodePortAddresses`); empty means every
-    /// address of the node.
+    /// Node addresses NodePorts listen on (`nodePortAddresses`); a family without any
+    /// of these (all of them, when empty) listens on every address of that family.
     pub node_port_addresses: Vec<IpNet>,
     /// Masquerade all traffic to Services (`iptables.masqueradeAll`).
     pub masquerade_all: bool,
@@ -77,19 +77,27 @@ impl Config {
             .unwrap_or(1 << 14)
     }
 
-    /// Whether NodePorts listen on `addr`, one of the node's addresses. With
-    /// `nodePortAddresses` set, loopback addresses never match (as kube-proxy does);
-    /// IPv6 link-local addresses never match.
+    /// Whether NodePorts listen on `addr`, one of the node's addresses. Per address
+    /// family, as kube-proxy reads `nodePortAddresses`: a family none of its CIDRs is of
+    /// listens everywhere, as if the list were empty (`[192.168.1.0/24]` restricts IPv4
+    /// and leaves IPv6 NodePorts on every IPv6 address). Within a restricted family,
+    /// loopback addresses never match (as kube-proxy does); IPv6 link-local addresses
+    /// never match.
     pub fn is_node_port_address(&self, addr: &IpAddr) -> bool {
         if let IpAddr::V6(v6) = addr {
             if v6.segments()[0] & 0xffc0 == 0xfe80 {
                 return false;
             }
         }
-        if self.node_port_addresses.is_empty() {
+        let mut of_family = self
+            .node_port_addresses
+            .iter()
+            .filter(|n| n.addr().is_ipv4() == addr.is_ipv4())
+            .peekable();
+        if of_family.peek().is_none() {
             return true;
         }
-        !addr.is_loopback() && self.node_port_addresses.iter().any(|n| n.contains(addr))
+        !addr.is_loopback() && of_family.any(|n| n.contains(addr))
     }
 }
 
@@ -112,6 +120,12 @@ mod tests {
         ];
         assert!(!c.is_node_port_address(&lo));
         assert!(c.is_node_port_address(&eth));
+        // Only IPv4 CIDRs: IPv6 NodePorts stay on every IPv6 address, as in kube-proxy.
+        let eth6: IpAddr = "fd00::10".parse().unwrap();
+        assert!(c.is_node_port_address(&eth6));
+        c.node_port_addresses.push("fd00:1::/64".parse().unwrap());
+        assert!(!c.is_node_port_address(&eth6));
+        assert!(c.is_node_port_address(&"fd00:1::10".parse().unwrap()));
         // excludeCIDRs only protects unwanted virtual services from deletion.
         c.exclude_cidrs = vec!["192.168.1.10/32".parse().unwrap()];
         assert!(c.is_node_port_address(&eth));
