@@ -173,7 +173,9 @@ pub fn links(ip_json: &str) -> Result<Vec<String>, LinksError> {
             str_field(link, "operstate"),
             number("mtu"),
             str_field(link, "qdisc"),
-            number("txqlen"),
+            // `ip` leaves a zero queue length out.
+            link.get("txqlen")
+                .map_or_else(|| "0".to_owned(), ToString::to_string),
         ));
         for addr in link
             .get("addr_info")
@@ -520,7 +522,7 @@ COMMIT
     fn links_list_kind_flags_and_addresses_with_link_local_ones_masked() {
         let json = r#"[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"mtu":65536,"qdisc":"noqueue","operstate":"UNKNOWN","txqlen":1000,"link_type":"loopback","address":"00:00:00:00:00:00",
             "addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8,"scope":"host","label":"lo","valid_life_time":4294967295}]},
-          {"ifindex":3,"ifname":"kube-ipvs0","flags":["BROADCAST","NOARP"],"mtu":1500,"qdisc":"noop","operstate":"DOWN","txqlen":0,"link_type":"ether","address":"1a:2b:3c:4d:5e:6f","linkinfo":{"info_kind":"dummy"},
+          {"ifindex":3,"ifname":"kube-ipvs0","flags":["BROADCAST","NOARP"],"mtu":1500,"qdisc":"noop","operstate":"DOWN","link_type":"ether","address":"1a:2b:3c:4d:5e:6f","linkinfo":{"info_kind":"dummy"},
             "addr_info":[{"family":"inet6","local":"fd00:10:96::1","prefixlen":128,"scope":"global","nodad":true,"valid_life_time":4294967295},
                          {"family":"inet","local":"10.96.0.1","prefixlen":32,"scope":"global","label":"kube-ipvs0"},
                          {"family":"inet6","local":"fe80::182b:3cff:fe4d:5e6f","prefixlen":64,"scope":"link"}]}]"#;
