@@ -282,16 +282,19 @@ pub fn render(spec: &RuleSpec) -> Ruleset {
         std::net::IpAddr::V4(v4) => format!("{v4}/32"),
         std::net::IpAddr::V6(v6) => format!("{v6}/128"),
     };
+    // As iptables-save prints it (libxt_ipvs: --vproto before --vaddr, and the address
+    // without its full-length mask), or every verify would find it changed and rewrite
+    // the table.
     let out_filter = spec
         .no_node_access
         .iter()
         .filter(|n| Family::of(&n.addr) == family)
         .map(|n| {
             format!(
-                "-s {} -m ipvs --vaddr {} --vproto {} --vport {} -j DROP",
-                host(n.addr),
+                "-s {} -m ipvs --vproto {} --vaddr {} --vport {} -j DROP",
                 host(n.addr),
                 ipproto(n.protocol),
+                n.addr,
                 n.port
             )
         })
@@ -531,7 +534,16 @@ mod tests {
         let rules = render(&spec);
         assert_eq!(
             chain(&rules, Table::Filter, "KUBE-IPVS-OUT-FILTER"),
-            ["-s 203.0.113.10/32 -m ipvs --vaddr 203.0.113.10/32 --vproto 132 --vport 80 -j DROP"]
+            // iptables-save's form, seen from iptables v1.8.9 (nf_tables) in the test VM:
+            // `-s 203.0.113.21/32 -m ipvs --vproto 6 --vaddr 203.0.113.21 --vport 80 -j DROP`
+            // and `-s fd00::1/128 -m ipvs --vproto 17 --vaddr fd00::1 --vport 80 -j DROP`.
+            ["-s 203.0.113.10/32 -m ipvs --vproto 132 --vaddr 203.0.113.10 --vport 80 -j DROP"]
+        );
+        let mut v6 = RuleSpec::new(&KubeSets::new(Family::V6), RuleConfig::default());
+        v6.no_node_access = spec.no_node_access.clone();
+        assert_eq!(
+            chain(&render(&v6), Table::Filter, "KUBE-IPVS-OUT-FILTER"),
+            ["-s fd00::10/128 -m ipvs --vproto 6 --vaddr fd00::10 --vport 80 -j DROP"]
         );
     }
 }
