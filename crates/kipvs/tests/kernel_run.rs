@@ -114,7 +114,8 @@ fn sorted(text: &str) -> Vec<String> {
     lines
 }
 
-/// The example cluster as kube-proxy's ipvs mode would program it on node-a.
+/// The example cluster as kube-proxy's ipvs mode would program it on node-a (NodePorts on
+/// the node's addresses, never on loopback ones).
 const EXAMPLE_IPVS: &str = "\
 -A -t 10.96.0.1:443 -s rr
 -a -t 10.96.0.1:443 -r 192.168.1.10:6443 -m -w 1
@@ -125,9 +126,6 @@ const EXAMPLE_IPVS: &str = "\
 -A -t 10.96.10.20:80 -s mh -b mh-fallback,mh-port
 -a -t 10.96.10.20:80 -r 10.244.1.5:8080 -m -w 1
 -a -t 10.96.10.20:80 -r 10.244.2.7:8080 -m -w 1
--A -t 127.0.0.1:30080 -s mh -b mh-fallback,mh-port
--a -t 127.0.0.1:30080 -r 10.244.1.5:8080 -m -w 1
--a -t 127.0.0.1:30080 -r 10.244.2.7:8080 -m -w 1
 -A -t 192.168.1.10:30080 -s mh -b mh-fallback,mh-port
 -a -t 192.168.1.10:30080 -r 10.244.1.5:8080 -m -w 1
 -a -t 192.168.1.10:30080 -r 10.244.2.7:8080 -m -w 1
