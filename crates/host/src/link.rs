@@ -121,9 +121,9 @@ fn connect() -> Result<(Handle, tokio::task::JoinHandle<()>)> {
 }
 
 impl VipLink {
-    /// Finds the dummy link `name`, creating it (down, NOARP, as kube-proxy does) when it
-    /// is missing. A link that exists is never deleted or recreated: its addresses and
-    /// the traffic they carry stay in place.
+    /// Finds the dummy link `name`, creating it (down, NOARP, transmit queue length 0, as
+    /// kube-proxy does) when it is missing. A link that exists is never deleted or
+    /// recreated: its addresses and the traffic they carry stay in place.
     ///
     /// Must be called inside a tokio runtime; the netlink socket belongs to the calling
     /// thread's network namespace.
@@ -487,7 +487,10 @@ async fn find_or_create(handle: &Handle, name: &str) -> Result<u32> {
     if let Some(index) = link_index(handle, name).await? {
         return Ok(index);
     }
-    let message = LinkDummy::new(name).arp(false).build();
+    // Transmit queue length 0, as kube-proxy's netlink library creates it (the kernel's
+    // default for a dummy link is 1000): a node either proxy created then looks the same
+    // to `ip link`.
+    let message = LinkDummy::new(name).arp(false).txqueuelen(0).build();
     match handle.link().add(message).execute().await {
         Ok(()) => tracing::info!(link = name, "created the VIP link"),
         // Someone created it between our lookup and our request: fine.
