@@ -5,8 +5,9 @@
 //! The node is the end-to-end topology of `e2e/` (pods routed to a node namespace, an
 //! external client, servers that say which pod answered). Services, EndpointSlices and
 //! the Node are created through the real kube-apiserver with the real kubectl; both
-//! proxies read one KubeProxyConfiguration file (kube-proxy with its own kubeconfig, kipvs
-//! with `--kubeconfig` naming its ServiceAccount's).
+//! proxies read the same KubeProxyConfiguration but for `clientConnection.kubeconfig`,
+//! which names each one's own credentials (kube-proxy's, and kipvs' ServiceAccount's:
+//! with `--config`, kipvs ignores `--kubeconfig` as kube-proxy does).
 //!
 //! 1. kube-proxy programs the node; at the same time kipvs programs a second, fresh node
 //!    with the same addresses (the reference for what kipvs programs on a fresh node).
@@ -298,7 +299,8 @@ impl Proxy {
         }
     }
 
-    /// Starts the proxy in `ns` with `config`, its output appended to `log`.
+    /// Starts the proxy in `ns` with its configuration file `config`, its output
+    /// appended to `log`.
     fn spawn(self, peers: &Peers, ns: &Netns, config: &Path, log: &Path) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -315,10 +317,7 @@ impl Proxy {
                     .arg("--v=2");
             }
             Proxy::Kipvs => {
-                cmd.args([KIPVS, "run", "--config"])
-                    .arg(config)
-                    .arg("--kubeconfig")
-                    .arg(&peers.kipvs);
+                cmd.args([KIPVS, "run", "--config"]).arg(config);
             }
         }
         cmd.stdout(log.try_clone().unwrap())
@@ -769,8 +768,9 @@ fn services(c: &Cluster, web: &[usize]) -> Vec<Service> {
     vec![lb, sticky, local, web6]
 }
 
-/// The KubeProxyConfiguration both proxies read.
-fn config(peers: &Peers) -> String {
+/// The KubeProxyConfiguration both proxies read, with `kubeconfig` as
+/// `clientConnection.kubeconfig`.
+fn config(kubeconfig: &Path) -> String {
     format!(
         "apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
@@ -786,7 +786,7 @@ metricsBindAddress: 127.0.0.1:10249
 conntrack:
   maxPerCore: 0
 ",
-        peers.kube_proxy.display()
+        kubeconfig.display()
     )
 }
 
@@ -823,9 +823,12 @@ fn kube_proxy_to_kipvs_and_back_under_traffic_fails_no_request() {
     // The reference: a fresh node with the same addresses, for kipvs alone.
     let fresh = Cluster::new("migration-fresh", "");
     let out = out_dir(c.dir());
-    let config_path = c.dir().join("kube-proxy.yaml");
-    std::fs::write(&config_path, config(&peers)).unwrap();
-    std::fs::copy(&config_path, out.join("kube-proxy.yaml")).unwrap();
+    let kube_proxy_config = c.dir().join("kube-proxy.yaml");
+    std::fs::write(&kube_proxy_config, config(&peers.kube_proxy)).unwrap();
+    std::fs::copy(&kube_proxy_config, out.join("kube-proxy.yaml")).unwrap();
+    let kipvs_config = c.dir().join("kipvs.yaml");
+    std::fs::write(&kipvs_config, config(&peers.kipvs)).unwrap();
+    std::fs::copy(&kipvs_config, out.join("kipvs.yaml")).unwrap();
     let proxy_log = out.join("proxies.log");
     let fresh_log = out.join("kipvs-fresh.log");
 
@@ -836,10 +839,10 @@ fn kube_proxy_to_kipvs_and_back_under_traffic_fails_no_request() {
 
     // 1. kube-proxy on the node, kipvs on the fresh node, side by side (kube-proxy's
     //    first sync takes minutes in the emulated VM).
-    let mut kube_proxy = Proxy::KubeProxy.spawn(&peers, &c.node, &config_path, &proxy_log);
+    let mut kube_proxy = Proxy::KubeProxy.spawn(&peers, &c.node, &kube_proxy_config, &proxy_log);
     let kube_proxy_start = Instant::now();
     log.event("kube-proxy started on the node");
-    let mut reference = Proxy::Kipvs.spawn(&peers, &fresh.node, &config_path, &fresh_log);
+    let mut reference = Proxy::Kipvs.spawn(&peers, &fresh.node, &kipvs_config, &fresh_log);
     let took = wait_synced(
         Proxy::Kipvs,
         &mut reference,
@@ -983,7 +986,7 @@ fn kube_proxy_to_kipvs_and_back_under_traffic_fails_no_request() {
             log.event("SIGTERM to kube-proxy");
             let status = stop_kube_proxy(&mut kube_proxy);
             log.event(format!("kube-proxy exited ({status})"));
-            let mut kipvs = Proxy::Kipvs.spawn(&peers, &c.node, &config_path, &proxy_log);
+            let mut kipvs = Proxy::Kipvs.spawn(&peers, &c.node, &kipvs_config, &proxy_log);
             let kipvs_start = Instant::now();
             log.event("kipvs started on the node");
             let took = wait_synced(Proxy::Kipvs, &mut kipvs, &c.node, kipvs_start, KIPVS_SYNC);
@@ -1012,7 +1015,7 @@ fn kube_proxy_to_kipvs_and_back_under_traffic_fails_no_request() {
             let pid = kipvs.id();
             terminate(kipvs);
             log.event(format!("kipvs ({pid}) exited"));
-            kube_proxy = Proxy::KubeProxy.spawn(&peers, &c.node, &config_path, &proxy_log);
+            kube_proxy = Proxy::KubeProxy.spawn(&peers, &c.node, &kube_proxy_config, &proxy_log);
             let kube_proxy_start = Instant::now();
             log.event("kube-proxy started on the node again");
             let took = wait_synced(
