@@ -565,7 +565,10 @@ fn normalize_ipset(save: &str) -> Vec<String> {
 
 /// `iptables-save` without comments and counters: per table, the chain declarations
 /// sorted, then each chain's rules in their order, chains sorted by name (the order
-/// `iptables-save` lists chains in is the order they were created in, with nft).
+/// `iptables-save` lists chains in is the order they were created in, with nft). The
+/// rules of `KUBE-IPVS-OUT-FILTER` are sorted too: kube-proxy writes them in the order it
+/// walks its map of Services, which Go randomizes from one sync to the next (each rule
+/// drops one LoadBalancer IP, protocol and port, so their order changes nothing).
 fn normalize_iptables(save: &str) -> Vec<String> {
     type Table = (String, Vec<String>, BTreeMap<String, Vec<String>>);
     fn flush(t: Option<Table>, out: &mut Vec<String>) {
@@ -573,7 +576,10 @@ fn normalize_iptables(save: &str) -> Vec<String> {
             chains.sort();
             out.push(name);
             out.extend(chains);
-            for (_, r) in rules {
+            for (chain, mut r) in rules {
+                if chain == "KUBE-IPVS-OUT-FILTER" {
+                    r.sort();
+                }
                 out.extend(r);
             }
         }
