@@ -70,6 +70,11 @@ pub fn ipset(save: &str) -> Vec<String> {
 /// The chains every iptables table may have from the start.
 const BUILTIN_CHAINS: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
 
+/// Chains whose rule order means nothing and that kube-proxy writes in Go's random map
+/// order: each `KUBE-IPVS-OUT-FILTER` rule drops one source-ranged LoadBalancer address,
+/// protocol and port of its own. Their rules are sorted.
+const UNORDERED_CHAINS: [&str; 1] = ["KUBE-IPVS-OUT-FILTER"];
+
 #[derive(Default)]
 struct Chain {
     policy: Option<String>,
@@ -78,7 +83,7 @@ struct Chain {
 
 /// `iptables-save` / `ip6tables-save`: every line prefixed with its table; per table
 /// (sorted), each chain (sorted) declared as `TABLE :CHAIN POLICY`, then its rules in
-/// the order the kernel holds them. Dropped as noise: the `#` lines (they carry dates),
+/// the order the kernel holds them (sorted in the chains of [`UNORDERED_CHAINS`]). Dropped as noise: the `#` lines (they carry dates),
 /// packet and byte counters, `COMMIT`, and what only says a table or built-in chain
 /// exists (the nft backend creates them on first use): built-in chains with policy
 /// ACCEPT are not declared, and tables without any line left are omitted.
@@ -111,7 +116,10 @@ pub fn iptables(save: &str) -> Vec<String> {
     }
     let mut out = Vec::new();
     for (table, chains) in tables {
-        for (name, chain) in chains {
+        for (name, mut chain) in chains {
+            if UNORDERED_CHAINS.contains(&name.as_str()) {
+                chain.rules.sort();
+            }
             let builtin = BUILTIN_CHAINS.contains(&name.as_str());
             match chain.policy.as_deref() {
                 Some("ACCEPT") if builtin => {}
@@ -538,6 +546,25 @@ COMMIT
             ]
         );
         assert!(links("not json").is_err());
+    }
+
+    #[test]
+    fn out_filter_rules_are_sorted_other_chains_keep_their_order() {
+        let save = "*filter\n:KUBE-IPVS-OUT-FILTER - [0:0]\n:KUBE-FORWARD - [0:0]\n\
+            -A KUBE-IPVS-OUT-FILTER -s 203.0.113.9/32 -j DROP\n\
+            -A KUBE-IPVS-OUT-FILTER -s 203.0.113.1/32 -j DROP\n\
+            -A KUBE-FORWARD -j B\n-A KUBE-FORWARD -j A\nCOMMIT\n";
+        assert_eq!(
+            iptables(save),
+            [
+                "filter :KUBE-FORWARD -",
+                "filter -A KUBE-FORWARD -j B",
+                "filter -A KUBE-FORWARD -j A",
+                "filter :KUBE-IPVS-OUT-FILTER -",
+                "filter -A KUBE-IPVS-OUT-FILTER -s 203.0.113.1/32 -j DROP",
+                "filter -A KUBE-IPVS-OUT-FILTER -s 203.0.113.9/32 -j DROP",
+            ]
+        );
     }
 
     #[test]
