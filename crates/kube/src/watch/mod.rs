@@ -12,6 +12,10 @@
 //!   per retry or per watcher); the watcher then waits an exponential, capped, jittered
 //!   backoff and lists again. The kernel keeps what it has meanwhile: nothing is
 //!   sent until a complete listing arrives, as a `*Reset`, which ends the outage.
+//! - 403 Forbidden is such a failure too, and logged as `permission denied` with what the
+//!   API server refused (user, verb, resource) and what kipvs needs: a warning at once
+//!   (a restarted kube-apiserver refuses for a moment, until its RBAC cache has synced),
+//!   an error when it still refuses 5 s later.
 //!
 //! The three watchers are independent: their events interleave in any order (the
 //! first `NodeApplied` may come before or after the first `ServicesReset`). Every
@@ -168,6 +172,32 @@ fn is_gone(err: &watcher::Error) -> bool {
     }
 }
 
+/// How long the API server may refuse a watcher (403) before kipvs calls it an error: a
+/// restarted kube-apiserver answers 403 for a moment, until its RBAC cache has synced.
+const REFUSED_FOR: Duration = Duration::from_secs(5);
+
+/// What the API server refused, when `err` is a 403 Forbidden: its own message names the
+/// user, the verb and the resource (`User "system:serviceaccount:kube-system:kipvs" cannot
+/// list resource "endpointslices" in API group "discovery.k8s.io" at the cluster scope`),
+/// and the reader is told what kipvs needs.
+fn permission_denied(watcher: &str, err: &watcher::Error) -> Option<String> {
+    let status = match err {
+        watcher::Error::WatchError(status) => status.as_ref(),
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.as_ref(),
+        _ => return None,
+    };
+    status.is_forbidden().then(|| {
+        format!(
+            "permission denied: {}; kipvs cannot watch {watcher} without it: its ServiceAccount \
+             needs list and watch on services, nodes and discovery.k8s.io endpointslices \
+             (the ClusterRole of examples/kubernetes/kipvs/rbac.yaml)",
+            status.message
+        )
+    })
+}
+
 /// Runs one watcher until `tx` closes: listings and changes are sent on, errors
 /// decide between a fresh list at once (410 Gone) and a backoff (anything else).
 async fn supervise<K>(
@@ -182,6 +212,10 @@ async fn supervise<K>(
     let mut backoff = Backoff::new(config.initial_backoff, config.max_backoff);
     // 410s since the last complete listing: the first relists at once, more back off.
     let mut gone_in_a_row = 0u32;
+    // Since when the API server refuses this watcher (403), and whether that was said at
+    // error level yet.
+    let mut refused_since: Option<Instant> = None;
+    let mut refusal_reported = false;
     loop {
         let started = Instant::now();
         // A fresh watcher lists first: after any error we start over from a list, as
@@ -201,6 +235,8 @@ async fn supervise<K>(
                         }
                         outage.recovered(name);
                         gone_in_a_row = 0;
+                        refused_since = None;
+                        refusal_reported = false;
                     }
                     for event in (watched.to_events)(snapshot) {
                         if tx.send(event).await.is_err() {
@@ -226,7 +262,26 @@ async fn supervise<K>(
                 }
             }
             Some(err) => {
-                if outage.failed(name) {
+                if let Some(denied) = permission_denied(name, &err) {
+                    // Retrying will not help until someone changes the RBAC rules; but a
+                    // starting kube-apiserver refuses for a moment, until its RBAC cache
+                    // has synced. So: a warning at once, an error once it lasts.
+                    match refused_since {
+                        None => {
+                            tracing::warn!(watcher = name, "{denied}; retrying");
+                            refused_since = Some(Instant::now());
+                        }
+                        Some(since) if since.elapsed() >= REFUSED_FOR && !refusal_reported => {
+                            tracing::error!(watcher = name, "{denied}");
+                            refusal_reported = true;
+                        }
+                        Some(_) => tracing::debug!(watcher = name, "still refused"),
+                    }
+                    if outage.failed(name) && tx.send(ClusterEvent::Degraded(denied)).await.is_err()
+                    {
+                        return;
+                    }
+                } else if outage.failed(name) {
                     tracing::warn!(watcher = name, error = %err, "cannot read the API server; keeping the current state");
                     let reason = format!("{name} watch: {err}");
                     if tx.send(ClusterEvent::Degraded(reason)).await.is_err() {
@@ -282,5 +337,45 @@ fn node_events(snapshot: Snapshot<Node>) -> Vec<ClusterEvent> {
             tracing::warn!(node = %node.name_any(), "this node was deleted from the cluster");
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    const DENIED: &str = r#"endpointslices.discovery.k8s.io is forbidden: User "system:serviceaccount:kube-system:kipvs" cannot list resource "endpointslices" in API group "discovery.k8s.io" at the cluster scope"#;
+
+    #[test]
+    fn a_forbidden_list_names_what_is_missing_and_what_kipvs_needs() {
+        let err = watcher::Error::InitialListFailed(kube::Error::Api(
+            Status::failure(DENIED, "Forbidden").with_code(403).boxed(),
+        ));
+        let message = permission_denied("endpointslices", &err).unwrap();
+        assert!(message.starts_with("permission denied: "), "{message}");
+        assert!(message.contains(DENIED), "{message}");
+        assert!(
+            message.contains("examples/kubernetes/kipvs/rbac.yaml"),
+            "{message}"
+        );
+        assert!(!is_gone(&err));
+    }
+
+    #[test]
+    fn other_errors_are_no_permission_problem() {
+        let gone = watcher::Error::WatchError(
+            Status::failure("too old resource version: 5 (9)", "Expired")
+                .with_code(410)
+                .boxed(),
+        );
+        assert!(permission_denied("services", &gone).is_none());
+        assert!(is_gone(&gone));
+        let unavailable = watcher::Error::WatchStartFailed(kube::Error::Api(
+            Status::failure("the server is shutting down", "ServiceUnavailable")
+                .with_code(503)
+                .boxed(),
+        ));
+        assert!(permission_denied("services", &unavailable).is_none());
     }
 }
