@@ -318,8 +318,10 @@ impl NodeKernel {
                     ..self.rule_config.clone()
                 };
                 let spec = RuleSpec::from_rules(rules, config);
+                // Rules found as they should be are no operation: only a restore is.
                 match iptables.sync(&spec) {
-                    Ok(_) => report.record(OpKind::Iptables, "ok"),
+                    Ok(true) => report.record(OpKind::Iptables, "ok"),
+                    Ok(false) => {}
                     Err(err) => report.fail(OpKind::Iptables, "error", err.to_string()),
                 }
             }
