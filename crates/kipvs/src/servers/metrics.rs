@@ -85,6 +85,9 @@ pub struct Metrics {
     pub endpoint_changes: Counter,
     /// EndpointSlice changes not yet applied.
     pub endpoint_changes_pending: Gauge,
+    /// `iptables-restore` runs that failed, by family (kube-proxy's
+    /// `sync_proxy_rules_iptables_restore_failures_total`).
+    pub iptables_restore_failures: Family<FamilyLabels, Counter>,
     /// Services with a Local policy and no local endpoint, by policy and family.
     pub no_local_endpoints: Family<TrafficPolicyLabels, Gauge>,
     /// `/healthz` answers by code.
@@ -135,6 +138,7 @@ impl Metrics {
             service_changes_pending: Gauge::default(),
             endpoint_changes: Counter::default(),
             endpoint_changes_pending: Gauge::default(),
+            iptables_restore_failures: Family::default(),
             no_local_endpoints: Family::default(),
             healthz_total: Family::default(),
             livez_total: Family::default(),
@@ -201,6 +205,11 @@ impl Metrics {
             m.no_local_endpoints.clone(),
         );
         kp.register(
+            "sync_proxy_rules_iptables_restore_failures",
+            "Cumulative proxy iptables restore failures",
+            m.iptables_restore_failures.clone(),
+        );
+        kp.register(
             "proxy_healthz",
             "Cumulative proxy healthz HTTP status",
             m.healthz_total.clone(),
@@ -237,13 +246,96 @@ impl Metrics {
         m
     }
 
-    /// The metrics in Prometheus' text format.
+    /// The metrics in the OpenMetrics text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
     }
+
+    /// The answer to a scrape whose `Accept` header is `accept`: its content type and
+    /// body. Prometheus' text format 0.0.4, as kube-proxy's handler answers, unless the
+    /// scraper prefers OpenMetrics.
+    pub fn render_for(&self, accept: &str) -> (&'static str, String) {
+        let open = self.render();
+        if wants_openmetrics(accept) {
+            (OPENMETRICS_CONTENT_TYPE, open)
+        } else {
+            (TEXT_CONTENT_TYPE, prometheus_text(&open))
+        }
+    }
+}
+
+/// The content type of Prometheus' text format as kube-proxy 1.37's handler (Prometheus'
+/// Go client, which escapes metric names with underscores) writes it.
+pub const TEXT_CONTENT_TYPE: &str =
+    "text/plain; version=0.0.4; charset=utf-8; escaping=underscores";
+
+/// The content type of OpenMetrics text.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Whether an `Accept` header prefers OpenMetrics: it lists
+/// `application/openmetrics-text` with a quality above 0 and at least as high as any
+/// range that admits Prometheus' text format (`text/plain`, `text/*`, `*/*`). Prometheus
+/// itself asks for OpenMetrics first; curl asks for nothing and gets text.
+pub fn wants_openmetrics(accept: &str) -> bool {
+    let mut openmetrics: f64 = 0.0;
+    let mut text: f64 = 0.0;
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let quality = parts
+            .filter_map(|p| p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")))
+            .find_map(|q| q.trim().parse::<f64>().ok())
+            .unwrap_or(1.0);
+        match media.as_str() {
+            "application/openmetrics-text" => openmetrics = openmetrics.max(quality),
+            "text/plain" | "text/*" | "*/*" => text = text.max(quality),
+            _ => {}
+        }
+    }
+    openmetrics > 0.0 && openmetrics >= text
+}
+
+/// OpenMetrics text (as `prometheus_client` writes it) in Prometheus' text format 0.0.4:
+/// a counter's `# HELP` and `# TYPE` name its `_total` series, `unknown` is `untyped`,
+/// and the `# UNIT` and `# EOF` lines go. Samples are written alike in both.
+pub fn prometheus_text(open: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let comment = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find(|p| line.starts_with(p));
+        match comment {
+            Some(prefix) => {
+                let rest = &line[prefix.len()..];
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) && !name.ends_with("_total") {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(if prefix == "# TYPE " && tail == "unknown" {
+                    "untyped"
+                } else {
+                    tail
+                });
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 impl Default for Metrics {
@@ -292,6 +384,53 @@ mod tests {
         ] {
             assert!(!text.contains(name), "{name} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn scrapers_get_prometheus_text_unless_they_prefer_openmetrics() {
+        // Prometheus' own Accept header, then curl's, a plain text one and text preferred.
+        assert!(wants_openmetrics(
+            "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+        ));
+        assert!(!wants_openmetrics("*/*"));
+        assert!(!wants_openmetrics(""));
+        assert!(!wants_openmetrics("text/plain;version=0.0.4"));
+        assert!(!wants_openmetrics(
+            "text/plain;q=0.9, application/openmetrics-text;q=0.5"
+        ));
+        assert!(!wants_openmetrics("application/openmetrics-text;q=0"));
+
+        let m = Metrics::new();
+        m.service_changes.inc();
+        m.sync_duration
+            .get_or_create(&FamilyLabels::of(IpFamily::V4))
+            .observe(0.01);
+        let (content_type, text) = m.render_for("*/*");
+        assert_eq!(content_type, TEXT_CONTENT_TYPE);
+        assert!(!text.contains("# EOF"), "{text}");
+        for line in [
+            "# TYPE kubeproxy_sync_proxy_rules_service_changes_total counter",
+            "kubeproxy_sync_proxy_rules_service_changes_total 1",
+            "# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram",
+            "# TYPE process_cpu_seconds_total counter",
+            "# TYPE process_open_fds gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+        let (content_type, open) = m.render_for("application/openmetrics-text");
+        assert_eq!(content_type, OPENMETRICS_CONTENT_TYPE);
+        assert!(open.ends_with("# EOF\n"), "{open}");
+        // The samples are the same in both formats.
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#') && !l.starts_with("process_"))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(samples(&text), samples(&open));
     }
 
     #[test]

@@ -110,14 +110,13 @@ pub fn health_router(shared: Arc<Shared>) -> Router {
 
 /// The metrics server's routes: `/metrics`, `/proxyMode` (`ipvs`) and `/healthz` (`ok`).
 pub fn metrics_router(shared: Arc<Shared>) -> Router {
-    let metrics = move || async move {
-        (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            shared.metrics.render(),
-        )
+    let metrics = move |headers: axum::http::HeaderMap| async move {
+        let accept = headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let (content_type, body) = shared.metrics.render_for(accept);
+        ([(header::CONTENT_TYPE, content_type)], body)
     };
     Router::new()
         .route("/metrics", get(metrics))

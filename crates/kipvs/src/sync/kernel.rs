@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use kipvs_ipvs::Family;
 use kipvs_proxy::{IpvsOp, Observed, Owner, Plan};
 
 /// What one kernel operation did.
@@ -100,6 +101,9 @@ pub struct Report {
     /// How long each kind of kernel work took (`ipsets`, `vips`, `iptables`, `ipvs`,
     /// `conntrack`), in the order first done.
     pub phases: Vec<(&'static str, Duration)>,
+    /// The address family of each `iptables-restore` (or `ip6tables-restore`) that
+    /// failed, for kube-proxy's `sync_proxy_rules_iptables_restore_failures_total`.
+    pub restore_failures: Vec<Family>,
 }
 
 impl Report {
@@ -134,6 +138,13 @@ impl Report {
             owner,
             message: what,
         });
+    }
+
+    /// Records a failed write of `family`'s iptables rules and why: a sync that fails
+    /// as a whole, counted by family as kube-proxy counts its restore failures.
+    pub fn fail_restore(&mut self, family: Family, what: String) {
+        self.fail(OpKind::Iptables, "error", what);
+        self.restore_failures.push(family);
     }
 
     /// Runs `work`, adding the time it took to `phase`.
@@ -232,15 +243,16 @@ impl Kernel for SimulatedKernel {
         report.ok(OpKind::Unbind, plan.unbinds.len());
         report.ok(OpKind::SetDelete, plan.set_deletes.len());
         report.ok(OpKind::ConntrackFlush, plan.conntrack.len());
-        if plan.iptables.is_some() {
-            if self.failing_iptables {
-                report.fail(
-                    OpKind::Iptables,
-                    "error",
-                    "simulated iptables-restore failure".to_owned(),
-                );
-            } else {
-                report.record(OpKind::Iptables, "ok");
+        if let Some(inputs) = &plan.iptables {
+            for rules in &inputs.families {
+                if self.failing_iptables {
+                    report.fail_restore(
+                        rules.family,
+                        "simulated iptables-restore failure".to_owned(),
+                    );
+                } else {
+                    report.record(OpKind::Iptables, "ok");
+                }
             }
         }
         kipvs_proxy::apply(&applied, &mut self.state);

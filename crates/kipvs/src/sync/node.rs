@@ -322,7 +322,7 @@ impl NodeKernel {
                 match iptables.sync(&spec) {
                     Ok(true) => report.record(OpKind::Iptables, "ok"),
                     Ok(false) => {}
-                    Err(err) => report.fail(OpKind::Iptables, "error", err.to_string()),
+                    Err(err) => report.fail_restore(rules.family, err.to_string()),
                 }
             }
         }

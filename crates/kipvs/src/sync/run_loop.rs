@@ -429,6 +429,12 @@ impl<K: Kernel> SyncLoop<K> {
                 })
                 .inc_by(*n);
         }
+        for &family in &report.restore_failures {
+            metrics
+                .iptables_restore_failures
+                .get_or_create(&FamilyLabels::of(family))
+                .inc();
+        }
         for failure in &report.failures {
             tracing::warn!(failure = %failure, "kernel operation failed; will verify and retry");
             if let (Some(owner), Some(sink)) = (&failure.owner, &self.warning_sink) {

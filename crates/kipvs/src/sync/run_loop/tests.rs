@@ -282,6 +282,19 @@ async fn health_turns_unhealthy_when_a_sync_fails_as_a_whole_and_back_when_appli
         "a failed sync leaves the changes pending"
     );
     assert!(l.shared.with_health(|h| h.last_updated().is_none()));
+    // Counted as kube-proxy counts its failed iptables-restore runs, per family.
+    let failures = |metrics: &str, family: &str| -> u64 {
+        let prefix = format!(
+            "kubeproxy_sync_proxy_rules_iptables_restore_failures_total{{ip_family=\"{family}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let metrics = l.shared.metrics.render();
+    assert!(failures(&metrics, "IPv4") >= 1, "{metrics}");
     l.kernel.failing_iptables = false;
     run_for(&mut l, &mut rx, Duration::from_secs(3)).await;
     assert!(l.pending_since.is_none());
@@ -292,6 +305,10 @@ async fn health_turns_unhealthy_when_a_sync_fails_as_a_whole_and_back_when_appli
             .contains("kubeproxy_network_programming_duration_seconds_count{ip_family=\"IPv4\"} 1"),
         "{metrics}"
     );
+    // A rules write that succeeds counts no failure.
+    let before = failures(&metrics, "IPv4");
+    run_for(&mut l, &mut rx, Duration::from_secs(60)).await;
+    assert_eq!(failures(&l.shared.metrics.render(), "IPv4"), before);
 }
 
 /// Records what the loop hands to its warning sink.
