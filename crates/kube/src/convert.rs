@@ -149,9 +149,10 @@ pub struct NodeInfo {
     pub name: String,
     /// Label `topology.kubernetes.io/zone`.
     pub zone: Option<String>,
-    /// `status.addresses` of type InternalIP and ExternalIP that parse as IPs, in order.
-    /// kipvs running on the node uses the node's local addresses instead; these serve
-    /// `kipvs plan`, which has no node to read.
+    /// `status.addresses` that parse as IPs: those of type InternalIP, then those of type
+    /// ExternalIP, each in order (kube-proxy's `GetNodeHostIPs` order, whose first per
+    /// family are the node's primary IPs). The core's node has the machine's local
+    /// addresses instead, but in `kipvs plan`, which has no machine to read.
     pub addresses: Vec<IpAddr>,
     /// False while the node is being deleted or is tainted for deletion by the cluster
     /// autoscaler: `/healthz` then fails so load balancers drain the node.
@@ -181,9 +182,9 @@ pub fn node(node: &Node) -> NodeInfo {
             .as_ref()
             .and_then(|s| s.addresses.as_ref())
             .map(|addrs| {
-                addrs
+                ["InternalIP", "ExternalIP"]
                     .iter()
-                    .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+                    .flat_map(|kind| addrs.iter().filter(move |a| a.type_ == *kind))
                     .filter_map(|a| a.address.parse().ok())
                     .collect()
             })
@@ -364,6 +365,22 @@ ports: [{name: http, protocol: TCP, port: 8080}, {}]
         )
         .unwrap();
         assert!(!node(&deleting).eligible);
+    }
+
+    #[test]
+    fn node_addresses_list_internal_ips_before_external_ips() {
+        let mixed: Node = serde_yaml::from_str(
+            "metadata: {name: n}\nstatus: {addresses: [\
+             {type: ExternalIP, address: 203.0.113.5}, {type: Hostname, address: n}, \
+             {type: InternalIP, address: \"fd00::10\"}, {type: InternalIP, address: bad}, \
+             {type: InternalIP, address: 192.168.1.10}]}\n",
+        )
+        .unwrap();
+        let expected: Vec<IpAddr> = ["fd00::10", "192.168.1.10", "203.0.113.5"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(node(&mixed).addresses, expected);
     }
 
     #[test]

@@ -86,19 +86,8 @@ impl Cluster {
             Some(i) => i.to_core(addresses.iter().copied()),
             None => Node::new(name.clone()).with_addresses(addresses.iter().copied()),
         };
-        // `kipvs run` hands the core every local address; without the machine, the
-        // Node's first address of each family stands for them.
-        let primary: Vec<IpAddr> = match local {
-            Some(_) => addresses.clone(),
-            None => [
-                addresses.iter().find(|a| a.is_ipv4()),
-                addresses.iter().find(|a| a.is_ipv6()),
-            ]
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect(),
-        };
+        // The primary addresses come from the Node object, as in `kipvs run`.
+        let primary = config.primary_addresses(info.map_or(&[][..], |n| &n.addresses));
         let mut proxier = Proxier::new(config.core(&primary), node);
         // The objects go in as `kipvs run` takes them from a state file, through the
         // same view, so the same objects are refused and the same warnings arise.

@@ -143,9 +143,19 @@ async fn run(args: &RunArgs, config: Config, master: Option<String>) -> Result<E
     };
     let addresses = local_addresses(LINK_NAME).unwrap_or_default();
     let node = kipvs_proxy::Node::new(node_name.clone()).with_addresses(addresses.iter().copied());
-    let mut core = config.core(&addresses);
-    core.drain_timeout = args.drain_timeout;
-    let proxier = Proxier::new(core, node);
+    // Until the Node object arrives, only bindAddress can stand for the primary addresses.
+    let core_for = {
+        let config = config.clone();
+        let drain_timeout = args.drain_timeout;
+        move |node_addresses: &[std::net::IpAddr]| {
+            let mut core = config.core(&config.primary_addresses(node_addresses));
+            core.drain_timeout = drain_timeout;
+            core
+        }
+    };
+    let proxier = Proxier::new(core_for(&[]), node);
+    let node_config: crate::sync::run_loop::NodeConfig =
+        Box::new(move |info| core_for(&info.addresses));
     tracing::info!(node = %node_name, dry_run = args.dry_run, "kipvs starting");
 
     let events = recorder;
@@ -154,7 +164,8 @@ async fn run(args: &RunArgs, config: Config, master: Option<String>) -> Result<E
         .map(|recorder| -> Box<dyn WarningSink> { Box::new(Events(recorder)) });
     let outcome = if args.dry_run {
         let kernel = DryRun(SimulatedKernel::default());
-        let sync = SyncLoop::new(proxier, &node_name, kernel, shared, timing);
+        let sync = SyncLoop::new(proxier, &node_name, kernel, shared, timing)
+            .with_node_config(node_config);
         drive(with_sink(sync, sink), rx, mode).await
     } else {
         let kernel = NodeKernel::setup(&config, LINK_NAME)
@@ -170,7 +181,8 @@ async fn run(args: &RunArgs, config: Config, master: Option<String>) -> Result<E
         tokio::spawn(listeners::run(wanted, Arc::clone(&shared), reporter));
         let sync = SyncLoop::new(proxier, &node_name, kernel, shared, timing)
             .with_owners_recorder(recorder)
-            .with_health_checks(health_checks);
+            .with_health_checks(health_checks)
+            .with_node_config(node_config);
         drive(with_sink(sync, sink), rx, mode).await
     };
     match outcome {

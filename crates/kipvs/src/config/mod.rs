@@ -370,9 +370,29 @@ impl Config {
         }
     }
 
-    /// The core's configuration. `primary` are the node's primary addresses (the Node
-    /// object's first InternalIP per family, or bindAddress), which the `primary` keyword
-    /// of nodePortAddresses stands for.
+    /// The node's primary addresses, which the `primary` keyword of nodePortAddresses
+    /// stands for, as kube-proxy 1.37 determines them (`detectNodeIPs` and
+    /// `expandNodePortAddressKeywords` in cmd/kube-proxy/app/server.go): the first of the
+    /// Node object's addresses of each family (`node_addresses`: its InternalIPs, then its
+    /// ExternalIPs), a bindAddress replacing the one of its family, and a family left
+    /// without one (loopback in kube-proxy) left out. At most one address per family,
+    /// IPv4 first.
+    pub fn primary_addresses(&self, node_addresses: &[IpAddr]) -> Vec<IpAddr> {
+        let pick = |v4: bool| {
+            let of_family = |a: &&IpAddr| a.is_ipv4() == v4;
+            self.bind_address
+                .iter()
+                .find(of_family)
+                .or_else(|| node_addresses.iter().find(of_family))
+                .filter(|a| !a.is_loopback() && !a.is_unspecified())
+                .copied()
+        };
+        [pick(true), pick(false)].into_iter().flatten().collect()
+    }
+
+    /// The core's configuration. `primary` are the node's primary addresses
+    /// ([`Config::primary_addresses`]), which the `primary` keyword of nodePortAddresses
+    /// stands for.
     pub fn core(&self, primary: &[IpAddr]) -> kipvs_proxy::Config {
         let host = |addr: &IpAddr| IpNet::from(*addr);
         let node_port_addresses = self
@@ -389,9 +409,7 @@ impl Config {
                         IpNet::from(IpAddr::V4(Ipv4Addr::LOCALHOST)),
                         IpNet::from(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
                     ],
-                    NodePortAddress::Primary => {
-                        self.bind_address.iter().chain(primary).map(host).collect()
-                    }
+                    NodePortAddress::Primary => primary.iter().map(host).collect(),
                 }
             })
             .collect();

@@ -480,3 +480,38 @@ fn node_port_address_keywords_expand_for_the_core() {
     assert!(all.is_node_port_address(&"203.0.113.9".parse().unwrap()));
     assert!(all.is_node_port_address(&"2001:db8::9".parse().unwrap()));
 }
+
+#[test]
+fn primary_addresses_are_the_nodes_first_per_family_as_kube_proxy_picks_them() {
+    let ips = |list: &[&str]| -> Vec<IpAddr> { list.iter().map(|a| a.parse().unwrap()).collect() };
+    let plain = parse("nodePortAddresses: [primary]\n").unwrap().config;
+    // The Node's InternalIPs, then ExternalIPs: the first of each family.
+    assert_eq!(
+        plain.primary_addresses(&ips(&[
+            "fd00::10",
+            "192.168.1.10",
+            "192.168.1.11",
+            "fd00::11"
+        ])),
+        ips(&["192.168.1.10", "fd00::10"])
+    );
+    // No Node (yet), or a loopback one: no primary address, and none is invented.
+    assert!(plain.primary_addresses(&[]).is_empty());
+    assert!(plain
+        .primary_addresses(&ips(&["127.0.0.1", "::1"]))
+        .is_empty());
+    // bindAddress replaces the Node's address of its family only.
+    let bound = parse("bindAddress: 172.16.0.10\nnodePortAddresses: [primary]\n")
+        .unwrap()
+        .config;
+    assert_eq!(
+        bound.primary_addresses(&ips(&["192.168.1.10", "fd00::10"])),
+        ips(&["172.16.0.10", "fd00::10"])
+    );
+    // The core gets exactly those, as host routes.
+    let core = plain.core(&plain.primary_addresses(&ips(&["192.168.1.10", "fd00::10"])));
+    assert!(core.is_node_port_address(&"192.168.1.10".parse().unwrap()));
+    assert!(!core.is_node_port_address(&"172.16.0.10".parse().unwrap()));
+    assert!(core.is_node_port_address(&"fd00::10".parse().unwrap()));
+    assert!(!core.is_node_port_address(&"fd00:172:16::10".parse().unwrap()));
+}

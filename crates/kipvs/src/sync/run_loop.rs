@@ -15,6 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use kipvs_kube::convert::NodeInfo;
 use kipvs_kube::source::ClusterEvent;
 use kipvs_proxy::{Moment, Plan, Proxier, Traffic};
 use tokio::sync::{mpsc, watch};
@@ -94,7 +95,13 @@ pub struct SyncLoop<K: Kernel> {
     owners: Option<Recorder>,
     /// Where the healthCheckNodePort servers wanted after each pass are published.
     health_checks: Option<watch::Sender<HealthChecks>>,
+    /// The core's configuration for a given Node object (the `primary` keyword of
+    /// nodePortAddresses stands for the Node's addresses); applied at every Node change.
+    node_config: Option<NodeConfig>,
 }
+
+/// Makes the core's configuration from this node's Node object.
+pub type NodeConfig = Box<dyn Fn(&NodeInfo) -> kipvs_proxy::Config + Send + Sync>;
 
 /// Receives what the loop learns about Services' problems: the daemon turns warnings
 /// into Kubernetes Events on the Service.
@@ -159,7 +166,15 @@ impl<K: Kernel> SyncLoop<K> {
             warning_sink: None,
             owners: None,
             health_checks: None,
+            node_config: None,
         }
+    }
+
+    /// The same loop, also replacing the core's configuration with `config`'s answer
+    /// whenever this node's Node object arrives or changes.
+    pub fn with_node_config(mut self, config: NodeConfig) -> Self {
+        self.node_config = Some(config);
+        self
     }
 
     /// The same loop, also keeping the owners file `recorder` writes up to date after
@@ -271,6 +286,9 @@ impl<K: Kernel> SyncLoop<K> {
                 .with_health(|h| h.set_node_eligible(node.eligible));
             let addresses = self.proxier.node().addresses.clone();
             self.proxier.set_node(node.to_core(addresses));
+            if let Some(config) = &self.node_config {
+                self.proxier.set_config(config(node));
+            }
         }
         metrics.service_changes.inc_by(applied.service_changes);
         metrics.endpoint_changes.inc_by(applied.slice_changes);

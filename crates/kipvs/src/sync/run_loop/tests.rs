@@ -513,3 +513,22 @@ ports: [{name: http, port: 8080}]
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
 }
+
+#[test]
+fn the_node_object_decides_the_cores_configuration_when_it_arrives() {
+    let mut l = new_loop(SimulatedKernel::default()).with_node_config(Box::new(|info| Config {
+        node_port_addresses: info.addresses.iter().map(|a| (*a).into()).collect(),
+        ..Config::default()
+    }));
+    assert!(l.proxier().config().node_port_addresses.is_empty());
+    let node = example().nodes.remove(0);
+    l.handle(ClusterEvent::NodeApplied(Box::new(node)));
+    let nets: Vec<String> = l
+        .proxier()
+        .config()
+        .node_port_addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(nets, ["192.168.1.10/32"]);
+}
