@@ -162,6 +162,23 @@ pub struct NodeInfo {
     pub pod_cidrs: Vec<ipnet::IpNet>,
 }
 
+/// The annotation the EndpointSlice controller sets to when the change the slice carries
+/// was triggered (a Pod or Service change), for the network programming latency.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// The slice's `endpoints.kubernetes.io/last-change-trigger-time`, when it has one that
+/// parses as an RFC 3339 time (kube-proxy's `getLastChangeTriggerTime`; a bad value is
+/// ignored as kube-proxy ignores it).
+pub fn last_change_trigger_time(slice: &EndpointSlice) -> Option<std::time::SystemTime> {
+    let value = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(LAST_CHANGE_TRIGGER_TIME)?;
+    let time: k8s_openapi::jiff::Timestamp = value.parse().ok()?;
+    Some(time.into())
+}
+
 /// This node's facts as kipvs needs them.
 pub fn node(node: &Node) -> NodeInfo {
     let meta = &node.metadata;
@@ -365,6 +382,26 @@ ports: [{name: http, protocol: TCP, port: 8080}, {}]
         )
         .unwrap();
         assert!(!node(&deleting).eligible);
+    }
+
+    #[test]
+    fn the_trigger_time_annotation_is_read_when_it_parses() {
+        let with = |value: &str| -> EndpointSlice {
+            serde_yaml::from_str(&format!(
+                "metadata: {{name: s, annotations: {{{LAST_CHANGE_TRIGGER_TIME}: \"{value}\"}}}}\naddressType: IPv4\nendpoints: []\n"
+            ))
+            .unwrap()
+        };
+        let expected = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_764_979_200_250);
+        assert_eq!(
+            last_change_trigger_time(&with("2025-12-06T00:00:00.25Z")),
+            Some(expected)
+        );
+        assert_eq!(last_change_trigger_time(&with("yesterday")), None);
+        let without: EndpointSlice =
+            serde_yaml::from_str("metadata: {name: s}\naddressType: IPv4\nendpoints: []\n")
+                .unwrap();
+        assert_eq!(last_change_trigger_time(&without), None);
     }
 
     #[test]

@@ -146,11 +146,11 @@ impl Proxier {
     }
 
     /// Removes an EndpointSlice.
-    pub fn remove_slice(&mut self, name: &SliceName) {
-        if let Some(old) = self.slices.remove(name) {
-            self.unlink(&old.service, name);
-            self.dirty.insert(old.service);
-        }
+    pub fn remove_slice(&mut self, name: &SliceName) -> Option<EndpointSlice> {
+        let old = self.slices.remove(name)?;
+        self.unlink(&old.service, name);
+        self.dirty.insert(old.service.clone());
+        Some(old)
     }
 
     fn unlink(&mut self, service: &ServiceName, slice: &SliceName) {

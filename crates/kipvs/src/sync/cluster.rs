@@ -6,7 +6,9 @@
 //! listing are removed, the rest upserted. Nothing here touches the kernel.
 
 use std::collections::BTreeSet;
+use std::time::SystemTime;
 
+use kipvs_ipvs::Family;
 use kipvs_kube::convert::{self, NodeInfo};
 use kipvs_kube::source::{ClusterEvent, ObjectKey};
 use kipvs_kube::watch::HEADLESS_LABEL;
@@ -20,6 +22,9 @@ pub struct Applied {
     pub service_changes: u64,
     /// EndpointSlices created, changed or removed (likewise).
     pub slice_changes: u64,
+    /// What the changed EndpointSlices say of when their change was triggered, in order,
+    /// for the network programming latency.
+    pub triggers: Vec<Trigger>,
     /// Objects refused whole (no name, FQDN slices, ...), with the reason.
     pub refused: Vec<String>,
     /// Warnings on Services that were (re)applied: bad annotations and values that
@@ -32,6 +37,21 @@ pub struct Applied {
     pub node: Option<NodeInfo>,
     /// The source could not read the cluster; nothing else changed.
     pub degraded: Option<String>,
+}
+
+/// A changed EndpointSlice's bearing on kube-proxy's network programming latency, which
+/// is measured per Service and family from the slices' trigger times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trigger {
+    /// The slice's Service.
+    pub service: ServiceName,
+    /// The slice's address family.
+    pub family: Family,
+    /// The slice's `endpoints.kubernetes.io/last-change-trigger-time`. `None`: the slice
+    /// was removed, whose annotation (kube-proxy says) dates from its last update, not
+    /// from the deletion: the times of this Service and family not yet programmed are
+    /// dropped, as kube-proxy drops them.
+    pub time: Option<SystemTime>,
 }
 
 impl Applied {
@@ -96,8 +116,7 @@ impl ClusterView {
             ClusterEvent::SlicesReset(list) => {
                 let fresh: BTreeSet<ObjectKey> = list.iter().map(|s| key(&s.metadata)).collect();
                 for gone in self.slices.difference(&fresh) {
-                    proxier.remove_slice(&SliceName::new(&gone.namespace, &gone.name));
-                    applied.slice_changes += 1;
+                    Self::remove_slice(proxier, gone, &mut applied);
                 }
                 self.slices.clear();
                 for slice in &list {
@@ -107,8 +126,7 @@ impl ClusterView {
             ClusterEvent::SliceApplied(slice) => self.upsert_slice(proxier, &slice, &mut applied),
             ClusterEvent::SliceDeleted(gone) => {
                 if self.slices.remove(&gone) {
-                    proxier.remove_slice(&SliceName::new(&gone.namespace, &gone.name));
-                    applied.slice_changes += 1;
+                    Self::remove_slice(proxier, &gone, &mut applied);
                 }
             }
             ClusterEvent::NodeApplied(node) => {
@@ -174,26 +192,45 @@ impl ClusterView {
             .is_some_and(|l| l.contains_key(HEADLESS_LABEL));
         if headless {
             if self.slices.remove(&object) {
-                proxier.remove_slice(&SliceName::new(&object.namespace, &object.name));
-                applied.slice_changes += 1;
+                Self::remove_slice(proxier, &object, applied);
             }
             return;
         }
+        let time = convert::last_change_trigger_time(slice);
         match EndpointSlice::try_new(convert::endpoint_slice(slice)) {
             Ok(slice) => {
+                let (service, family) = (slice.service.clone(), slice.family);
                 if proxier.upsert_slice(slice) {
                     applied.slice_changes += 1;
+                    if let Some(time) = time {
+                        applied.triggers.push(Trigger {
+                            service,
+                            family,
+                            time: Some(time),
+                        });
+                    }
                 }
                 self.slices.insert(object);
             }
             Err(refused) => {
                 if self.slices.remove(&object) {
-                    proxier.remove_slice(&SliceName::new(&object.namespace, &object.name));
-                    applied.slice_changes += 1;
+                    Self::remove_slice(proxier, &object, applied);
                 }
                 applied.refused.push(refused.to_string());
             }
         }
+    }
+
+    fn remove_slice(proxier: &mut Proxier, object: &ObjectKey, applied: &mut Applied) {
+        let name = SliceName::new(&object.namespace, &object.name);
+        if let Some(old) = proxier.remove_slice(&name) {
+            applied.triggers.push(Trigger {
+                service: old.service,
+                family: old.family,
+                time: None,
+            });
+        }
+        applied.slice_changes += 1;
     }
 }
 

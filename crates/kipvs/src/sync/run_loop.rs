@@ -15,9 +15,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use kipvs_ipvs::Family as IpFamily;
 use kipvs_kube::convert::NodeInfo;
 use kipvs_kube::source::ClusterEvent;
-use kipvs_proxy::{Moment, Plan, Proxier, Traffic};
+use kipvs_proxy::{Moment, Plan, Proxier, ServiceName, Traffic};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -77,9 +78,15 @@ pub struct SyncLoop<K: Kernel> {
     origin: Instant,
     /// Whether changes arrived that no Plan has covered yet (an incremental sync is due).
     dirty: bool,
-    /// When the oldest change not yet confirmed in the kernel arrived (for health and
-    /// the programming-latency metric; a failed Plan keeps it set).
+    /// When the oldest change not yet confirmed in the kernel arrived (logged once it is
+    /// there; a failed Plan keeps it set).
     pending_since: Option<Instant>,
+    /// When the loop started: trigger times before it are not this proxy's to measure.
+    started: SystemTime,
+    /// The trigger times of EndpointSlice changes not yet confirmed in the kernel, by
+    /// Service and family: kube-proxy's network programming latency is measured from
+    /// each, at the first pass that succeeds after it.
+    triggers: Vec<(ServiceName, IpFamily, SystemTime)>,
     /// When the next verify runs.
     verify_at: Instant,
     /// When the last Plan was carried out.
@@ -157,6 +164,8 @@ impl<K: Kernel> SyncLoop<K> {
             origin: now,
             dirty: false,
             pending_since: None,
+            started: SystemTime::now(),
+            triggers: Vec::new(),
             verify_at: now,
             last_sync: None,
             check_at: None,
@@ -290,6 +299,19 @@ impl<K: Kernel> SyncLoop<K> {
                 self.proxier.set_config(config(node));
             }
         }
+        for trigger in &applied.triggers {
+            let (service, family) = (&trigger.service, trigger.family);
+            match trigger.time {
+                // As kube-proxy: only changes triggered after the proxy started.
+                Some(time) if time > self.started => {
+                    self.triggers.push((service.clone(), family, time));
+                }
+                Some(_) => {}
+                None => self
+                    .triggers
+                    .retain(|(s, f, _)| s != service || *f != family),
+            }
+        }
         metrics.service_changes.inc_by(applied.service_changes);
         metrics.endpoint_changes.inc_by(applied.slice_changes);
         if applied.changed() {
@@ -358,16 +380,24 @@ impl<K: Kernel> SyncLoop<K> {
         };
         if synced {
             if let Some(since) = self.pending_since.take() {
-                // Until now, when the kernel reflects the change, not when the pass began.
-                let latency = Instant::now().duration_since(since).as_secs_f64();
-                for family in &families {
-                    metrics
-                        .network_programming_duration
-                        .get_or_create(family)
-                        .observe(latency);
-                }
+                let elapsed = Instant::now().duration_since(since);
+                tracing::debug!(?elapsed, "changes received -> kernel updated");
             }
             let wall = SystemTime::now();
+            // kube-proxy's network programming latency: from each change's trigger time
+            // (the EndpointSlice controller's clock) until now, when the kernel reflects
+            // it, under the slice's family.
+            for (service, family, time) in self.triggers.drain(..) {
+                if !self.proxier.config().families.contains(&family) {
+                    continue;
+                }
+                let latency = wall.duration_since(time).unwrap_or_default();
+                tracing::debug!(service = %service, ?latency, "network programming");
+                metrics
+                    .network_programming_duration
+                    .get_or_create(&FamilyLabels::of(family))
+                    .observe(latency.as_secs_f64());
+            }
             self.shared.with_health(|h| h.updated(wall));
             for family in &families {
                 metrics
