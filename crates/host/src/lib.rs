@@ -54,6 +54,7 @@
 pub mod cleanup;
 mod cmd;
 pub mod conntrack;
+pub mod ctnetlink;
 mod error;
 pub mod ipset;
 pub mod iptables;

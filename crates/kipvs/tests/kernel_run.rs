@@ -824,3 +824,115 @@ fn a_failed_iptables_restore_is_counted_by_family_and_retried_until_the_rules_ar
     );
     terminate(child);
 }
+
+/// Inserts a UDP conntrack entry in `ns` from 10.0.0.1:`sport` to `dst`:`dport`,
+/// answered (DNATed) from `reply`:`reply_port`, as IPVS leaves one with
+/// `net.ipv4.vs.conntrack=1`.
+fn insert_udp_entry(ns: &Netns, sport: u16, dst: &str, dport: u16, reply: &str, reply_port: u16) {
+    let (sport, dport, reply_port) = (sport.to_string(), dport.to_string(), reply_port.to_string());
+    ns.run_ok(
+        "conntrack",
+        &[
+            "-I",
+            "-p",
+            "udp",
+            "-s",
+            "10.0.0.1",
+            "-d",
+            dst,
+            "--sport",
+            &sport,
+            "--dport",
+            &dport,
+            "-r",
+            reply,
+            "-q",
+            "10.0.0.1",
+            "--reply-port-src",
+            &reply_port,
+            "--reply-port-dst",
+            &sport,
+            "-t",
+            "600",
+        ],
+    );
+}
+
+/// The client ports of the UDP entries `conntrack -L` lists in `ns`.
+fn udp_entries(ns: &Netns) -> Vec<u16> {
+    let out = ns.run("conntrack", &["-L", "-p", "udp"]);
+    let mut ports: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("sport=")))
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    ports.sort_unstable();
+    ports
+}
+
+/// kube-proxy 1.37's conntrack reconciler: after a pass that follows a UDP endpoint
+/// change (the first listing counts), the UDP entries to a Service IP:port that are not
+/// DNATed to a serving endpoint are deleted, read back with `conntrack -L`; the live
+/// one, the one to a serving-terminating endpoint and foreign traffic stay; and
+/// `kubeproxy_conntrack_reconciler_*` count it by family.
+#[test]
+#[ignore = "kernel: run by tests/run"]
+fn stale_udp_conntrack_entries_to_service_ips_are_deleted_after_udp_endpoint_changes() {
+    kipvs_testkit::modprobe("nf_conntrack");
+    let ns = node();
+    let dir = scratch("conntrack-reconciler");
+    let cfg = config(&dir, "300s");
+    let example = std::fs::read_to_string(repo_file("examples/cluster.yaml")).unwrap();
+    let state_path = dir.join("state.yaml");
+    write_state(&state_path, &example);
+    // kube-dns, 10.96.0.10:53/UDP: 10.244.1.2 ready, 10.244.2.3 serving-terminating.
+    insert_udp_entry(&ns, 40001, "10.96.0.10", 53, "10.244.1.2", 53);
+    insert_udp_entry(&ns, 40002, "10.96.0.10", 53, "10.244.2.3", 53);
+    insert_udp_entry(&ns, 40003, "10.96.0.10", 53, "10.244.9.9", 53);
+    insert_udp_entry(&ns, 40004, "10.0.0.99", 5353, "10.0.0.99", 5353);
+    // The right endpoint on the wrong port is not a serving endpoint either.
+    insert_udp_entry(&ns, 40006, "10.96.0.10", 53, "10.244.1.2", 5353);
+    assert_eq!(udp_entries(&ns), [40001, 40002, 40003, 40004, 40006]);
+
+    let child = start(&ns, state_path.to_str().unwrap(), &cfg);
+    let metrics = || {
+        try_http_get(&ns, 10249, "/metrics")
+            .map(|(_, _, body)| body)
+            .unwrap_or_default()
+    };
+    let deleted = r#"kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family="IPv4"}"#;
+    let passes = r#"kubeproxy_conntrack_reconciler_sync_duration_seconds_count{ip_family="IPv4"}"#;
+    wait_for("the first reconciler pass", Duration::from_secs(60), || {
+        sample(&metrics(), passes) >= 1.0
+    });
+    let text = metrics();
+    assert_eq!(sample(&text, deleted), 2.0, "{text}");
+    assert_eq!(sample(&text, passes), 1.0, "{text}");
+    assert_eq!(udp_entries(&ns), [40001, 40002, 40004]);
+
+    // A new stale entry is left alone until the next UDP endpoint change, then goes;
+    // adding an endpoint flushes nothing else (the live entry stays).
+    insert_udp_entry(&ns, 40005, "10.96.0.10", 53, "10.244.9.8", 53);
+    write_state(
+        &state_path,
+        &example.replacen(
+            "  - addresses: [10.244.1.2]\n",
+            "  - addresses: [10.244.1.7]\n    conditions: {ready: true}\n  - addresses: [10.244.1.2]\n",
+            1,
+        ),
+    );
+    wait_for(
+        "the second reconciler pass",
+        Duration::from_secs(60),
+        || sample(&metrics(), passes) >= 2.0,
+    );
+    let text = metrics();
+    assert_eq!(sample(&text, deleted), 3.0, "{text}");
+    assert_eq!(udp_entries(&ns), [40001, 40002, 40004]);
+    assert!(
+        ns.run_ok("ipvsadm", &["-Ln", "-u", "10.96.0.10:53"])
+            .contains("10.244.1.7:53"),
+        "the endpoint change was programmed"
+    );
+    terminate(child);
+}

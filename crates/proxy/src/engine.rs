@@ -10,7 +10,10 @@
 
 use std::collections::BTreeSet;
 
+use kipvs_ipvs::Family;
+
 use crate::config::Config;
+use crate::conntrack::{serves_udp, Frontends};
 use crate::desired::{Desired, Touched};
 use crate::graceful::{Drain, Moment};
 use crate::hash::{HashMap, HashSet};
@@ -34,6 +37,7 @@ pub struct Proxier {
     dirty: HashSet<ServiceName>,
     all_dirty: bool,
     owners_generation: u64,
+    conntrack_due: BTreeSet<Family>,
 }
 
 impl Proxier {
@@ -53,6 +57,7 @@ impl Proxier {
             dirty: HashSet::default(),
             all_dirty: false,
             owners_generation: 0,
+            conntrack_due: BTreeSet::new(),
         }
     }
 
@@ -129,6 +134,11 @@ impl Proxier {
         if self.slices.get(&slice.name) == Some(&slice) {
             return false;
         }
+        self.note_conntrack(&slice.service, slice.family, Some(&slice));
+        if let Some(old) = self.slices.get(&slice.name) {
+            let (service, family) = (old.service.clone(), old.family);
+            self.note_conntrack(&service, family, None);
+        }
         if let Some(old) = self.slices.get(&slice.name) {
             if old.service != slice.service {
                 let old_service = old.service.clone();
@@ -147,10 +157,69 @@ impl Proxier {
 
     /// Removes an EndpointSlice.
     pub fn remove_slice(&mut self, name: &SliceName) -> Option<EndpointSlice> {
+        let (service, family) = self
+            .slices
+            .get(name)
+            .map(|s| (s.service.clone(), s.family))?;
+        self.note_conntrack(&service, family, None);
         let old = self.slices.remove(name)?;
         self.unlink(&old.service, name);
         self.dirty.insert(old.service.clone());
         Some(old)
+    }
+
+    /// Before a change to `service`'s slices of `family` (`new` being the slice that
+    /// comes in, if any): marks the family for the conntrack reconciler when, before or
+    /// after the change, one of them has a UDP port and an endpoint, as kube-proxy's
+    /// `ConntrackCleanupRequired` decides.
+    fn note_conntrack(
+        &mut self,
+        service: &ServiceName,
+        family: Family,
+        new: Option<&EndpointSlice>,
+    ) {
+        if self.conntrack_due.contains(&family) {
+            return;
+        }
+        let due = self
+            .slices_by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| self.slices.get(s))
+            .chain(new)
+            .any(|s| s.family == family && s.service == *service && serves_udp(s));
+        if due {
+            self.conntrack_due.insert(family);
+        }
+    }
+
+    /// The families whose conntrack tables the reconciler should go through after the
+    /// next pass that succeeds (see [`crate::conntrack`]); each stays due until
+    /// [`Proxier::conntrack_done`].
+    pub fn conntrack_due(&self) -> Vec<Family> {
+        self.conntrack_due.iter().copied().collect()
+    }
+
+    /// The reconciler went through `family`'s table.
+    pub fn conntrack_done(&mut self, family: Family) {
+        self.conntrack_due.remove(&family);
+    }
+
+    /// The UDP frontends of `family` and their serving endpoints, from every Service and
+    /// slice known now, for the conntrack reconciler.
+    pub fn conntrack_frontends(&self, family: Family) -> Frontends {
+        Frontends::new(
+            self.services.values(),
+            |service| {
+                self.slices_by_service
+                    .get(&service.name)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| self.slices.get(s))
+            },
+            family,
+        )
     }
 
     fn unlink(&mut self, service: &ServiceName, slice: &SliceName) {
@@ -415,6 +484,73 @@ mod tests {
             .ipvs
             .iter()
             .all(|op| matches!(op, IpvsOp::UpdateService { .. })));
+    }
+
+    /// `default/dns`: UDP `http` 53 on 10.96.0.53, slice port 5353.
+    fn udp_cluster() -> Proxier {
+        let mut p = Proxier::new(Config::default(), node());
+        let mut raw = raw_service("dns", "10.96.0.53");
+        raw.ports = vec![port("http", "UDP", 53, None)];
+        p.upsert_service(service(raw));
+        p
+    }
+
+    fn udp_slice(suffix: &str, endpoints: Vec<crate::model::RawEndpoint>) -> EndpointSlice {
+        let mut raw = raw_slice("dns", suffix, endpoints);
+        raw.address_type = "IPv4".into();
+        raw.ports[0].protocol = Some("UDP".into());
+        raw.ports[0].port = Some(5353);
+        slice(raw)
+    }
+
+    #[test]
+    fn udp_endpoint_changes_make_their_family_due_for_the_conntrack_reconciler() {
+        use crate::conntrack::Flow;
+        let mut p = udp_cluster();
+        assert!(
+            p.conntrack_due().is_empty(),
+            "a Service alone is no trigger"
+        );
+        // An empty slice: no UDP endpoint before or after.
+        p.upsert_slice(udp_slice("1", vec![]));
+        assert!(p.conntrack_due().is_empty());
+        p.upsert_slice(udp_slice("1", vec![endpoint("10.244.0.1", "b")]));
+        assert_eq!(p.conntrack_due(), vec![Family::V4]);
+        p.conntrack_done(Family::V4);
+        // Another, empty slice of the same Service: the first one still counts.
+        p.upsert_slice(udp_slice("2", vec![]));
+        assert_eq!(p.conntrack_due(), vec![Family::V4]);
+        p.conntrack_done(Family::V4);
+        // The endpoint going away counts (it was there before).
+        p.upsert_slice(udp_slice("1", vec![]));
+        assert_eq!(p.conntrack_due(), vec![Family::V4]);
+        p.conntrack_done(Family::V4);
+        p.remove_slice(&SliceName::new("default", "dns-2"));
+        assert!(
+            p.conntrack_due().is_empty(),
+            "nothing UDP left with endpoints"
+        );
+        // TCP slices never count.
+        p.upsert_slice(slice(raw_slice(
+            "web",
+            "1",
+            vec![endpoint("10.244.1.1", "b")],
+        )));
+        assert!(p.conntrack_due().is_empty());
+
+        p.upsert_slice(udp_slice("1", vec![endpoint("10.244.0.2", "b")]));
+        let frontends = p.conntrack_frontends(Family::V4);
+        let flow = |reply: &str| Flow {
+            protocol: Some(kipvs_ipvs::Protocol::Udp),
+            orig_src: "10.0.0.1:4000".parse().unwrap(),
+            orig_dst: "10.96.0.53:53".parse().unwrap(),
+            reply_src: reply.parse().unwrap(),
+            reply_dst: "10.0.0.1:4000".parse().unwrap(),
+            zone: 0,
+        };
+        assert!(!frontends.is_stale(&flow("10.244.0.2:5353")));
+        assert!(frontends.is_stale(&flow("10.244.0.1:5353")));
+        assert!(p.conntrack_frontends(Family::V6).is_empty());
     }
 
     #[test]

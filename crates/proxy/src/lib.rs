@@ -41,6 +41,7 @@
 
 pub mod annotations;
 pub mod config;
+pub mod conntrack;
 pub mod desired;
 pub mod engine;
 pub mod graceful;
@@ -62,6 +63,7 @@ pub use kipvs_ipvs as ipvs;
 
 pub use annotations::{SchedulerChoice, SchedulerFlags};
 pub use config::Config;
+pub use conntrack::{Flow, Frontends};
 pub use desired::{Desired, Touched};
 pub use engine::Proxier;
 pub use graceful::{Drain, Moment};

@@ -314,4 +314,13 @@ impl Kernel for DryRun {
         }
         self.0.apply(plan)
     }
+
+    fn reconcile_conntrack(
+        &mut self,
+        family: kipvs_ipvs::Family,
+        frontends: &kipvs_proxy::Frontends,
+    ) -> Result<u64, crate::sync::kernel::ReconcileError> {
+        tracing::info!(?family, "dry run: would delete stale UDP conntrack entries");
+        self.0.reconcile_conntrack(family, frontends)
+    }
 }

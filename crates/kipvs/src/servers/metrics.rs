@@ -88,6 +88,12 @@ pub struct Metrics {
     /// `iptables-restore` runs that failed, by family (kube-proxy's
     /// `sync_proxy_rules_iptables_restore_failures_total`).
     pub iptables_restore_failures: Family<FamilyLabels, Counter>,
+    /// Duration of each pass of kube-proxy's conntrack reconciler, seconds, by family
+    /// (`conntrack_reconciler_sync_duration_seconds`).
+    pub conntrack_reconciler_duration: FamilyHistogram,
+    /// Stale UDP conntrack entries the reconciler deleted, by family
+    /// (`conntrack_reconciler_deleted_entries_total`).
+    pub conntrack_reconciler_deleted: Family<FamilyLabels, Counter>,
     /// Services with a Local policy and no local endpoint, by policy and family.
     pub no_local_endpoints: Family<TrafficPolicyLabels, Gauge>,
     /// `/healthz` answers by code.
@@ -139,6 +145,8 @@ impl Metrics {
             endpoint_changes: Counter::default(),
             endpoint_changes_pending: Gauge::default(),
             iptables_restore_failures: Family::default(),
+            conntrack_reconciler_duration: Family::new_with_constructor(seconds_buckets),
+            conntrack_reconciler_deleted: Family::default(),
             no_local_endpoints: Family::default(),
             healthz_total: Family::default(),
             livez_total: Family::default(),
@@ -208,6 +216,16 @@ impl Metrics {
             "sync_proxy_rules_iptables_restore_failures",
             "Cumulative proxy iptables restore failures",
             m.iptables_restore_failures.clone(),
+        );
+        kp.register(
+            "conntrack_reconciler_sync_duration_seconds",
+            "ReconcileConntrackFlowsLatency latency in seconds",
+            m.conntrack_reconciler_duration.clone(),
+        );
+        kp.register(
+            "conntrack_reconciler_deleted_entries",
+            "Cumulative conntrack flows deleted by conntrack reconciler",
+            m.conntrack_reconciler_deleted.clone(),
         );
         kp.register(
             "proxy_healthz",
@@ -354,6 +372,10 @@ mod tests {
         let v4 = FamilyLabels::of(IpFamily::V4);
         m.service_changes.inc();
         m.sync_duration.get_or_create(&v4).observe(0.01);
+        m.conntrack_reconciler_duration
+            .get_or_create(&v4)
+            .observe(0.003);
+        m.conntrack_reconciler_deleted.get_or_create(&v4).inc_by(0);
         m.last_sync_timestamp.get_or_create(&v4).set(1.5);
         m.no_local_endpoints
             .get_or_create(&TrafficPolicyLabels {
@@ -368,6 +390,9 @@ mod tests {
             "kubeproxy_sync_proxy_rules_service_changes_total 1",
             "kubeproxy_sync_proxy_rules_endpoint_changes_total 0",
             "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\",ip_family=\"IPv6\"} 2",
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds_bucket{le=\"0.004\",ip_family=\"IPv4\"} 1",
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds_count{ip_family=\"IPv4\"} 1",
+            "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv4\"} 0",
             "kipvs_graceful_termination_queue 0",
             "kipvs_sync_errors_total 0",
             "process_cpu_seconds_total ",
@@ -381,6 +406,7 @@ mod tests {
         for name in [
             "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{",
             "kubeproxy_network_programming_duration_seconds_bucket{",
+            "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv6\"}",
         ] {
             assert!(!text.contains(name), "{name} in:\n{text}");
         }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kipvs_ipvs::Family;
-use kipvs_proxy::{IpvsOp, Observed, Owner, Plan};
+use kipvs_proxy::{Flow, Frontends, IpvsOp, Observed, Owner, Plan};
 
 /// What one kernel operation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,6 +36,8 @@ pub enum OpKind {
     SetResize,
     /// Stale conntrack entries flushed.
     ConntrackFlush,
+    /// A pass of kube-proxy's conntrack reconciler over one family's table.
+    ConntrackReconcile,
     /// The iptables rules brought up to date.
     Iptables,
 }
@@ -56,6 +58,7 @@ impl OpKind {
             OpKind::SetDelete => "set_delete",
             OpKind::SetResize => "set_resize",
             OpKind::ConntrackFlush => "conntrack_flush",
+            OpKind::ConntrackReconcile => "conntrack_reconcile",
             OpKind::Iptables => "iptables",
         }
     }
@@ -183,6 +186,17 @@ impl Report {
 #[error("cannot read the kernel state: {0}")]
 pub struct ObserveError(pub String);
 
+/// Why a pass of the conntrack reconciler did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ReconcileError {
+    /// The entries deleted before it failed; `None` when the table could not be read
+    /// (kube-proxy then records nothing of the pass).
+    pub deleted: Option<u64>,
+    /// What failed.
+    pub message: String,
+}
+
 /// The kernel as the sync loop sees it.
 pub trait Kernel {
     /// Reads everything kipvs may own: the IPVS table, the addresses on kube-ipvs0 and
@@ -194,6 +208,17 @@ pub trait Kernel {
     /// Carries out a Plan in its order (set members, addresses, IPVS, unbinds, set
     /// deletions, conntrack, iptables). A failing operation does not stop the others.
     fn apply(&mut self, plan: &Plan) -> Report;
+
+    /// kube-proxy's conntrack reconciler over `family`'s table: reads it, and deletes the
+    /// entries `frontends` finds stale. Returns how many it deleted (an entry already
+    /// gone is not counted).
+    ///
+    /// Fails when the table cannot be read or an entry cannot be deleted.
+    fn reconcile_conntrack(
+        &mut self,
+        family: Family,
+        frontends: &Frontends,
+    ) -> Result<u64, ReconcileError>;
 
     /// The node's own addresses (every link but kube-ipvs0), where NodePorts listen;
     /// `None` when they cannot be read or the kernel has no such notion (simulations).
@@ -214,11 +239,32 @@ pub struct SimulatedKernel {
     pub failing: Vec<kipvs_ipvs::ServiceKey>,
     /// Fail writing the iptables rules (a sync that fails as a whole).
     pub failing_iptables: bool,
+    /// The simulated conntrack table (both families).
+    pub conntrack: Vec<Flow>,
+    /// Fail reading the conntrack table.
+    pub failing_conntrack: bool,
 }
 
 impl Kernel for SimulatedKernel {
     fn observe(&mut self) -> Result<Observed, ObserveError> {
         Ok(self.state.clone())
+    }
+
+    fn reconcile_conntrack(
+        &mut self,
+        family: Family,
+        frontends: &Frontends,
+    ) -> Result<u64, ReconcileError> {
+        if self.failing_conntrack {
+            return Err(ReconcileError {
+                deleted: None,
+                message: "simulated conntrack dump failure".to_owned(),
+            });
+        }
+        let before = self.conntrack.len();
+        self.conntrack
+            .retain(|f| Family::of(&f.orig_dst.ip()) != family || !frontends.is_stale(f));
+        Ok(u64::try_from(before - self.conntrack.len()).unwrap_or(u64::MAX))
     }
 
     fn apply(&mut self, plan: &Plan) -> Report {

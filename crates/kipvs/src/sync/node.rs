@@ -9,14 +9,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
 
+use kipvs_host::ctnetlink::ConntrackSocket;
 use kipvs_host::ipset::IpsetExecutor;
 use kipvs_host::iptables::{Backend, Iptables, LocalDetector, MasqueradeBit, RuleConfig, RuleSpec};
 use kipvs_host::link::VipLink;
 use kipvs_ipvs::{Client, Family, Operation};
-use kipvs_proxy::{FamilyRules, IpvsOp, Member, Observed, Plan, SetName};
+use kipvs_proxy::{FamilyRules, Frontends, IpvsOp, Member, Observed, Plan, SetName};
 use tokio::runtime::Handle;
 
-use super::kernel::{Kernel, ObserveError, OpKind, Report};
+use super::kernel::{Kernel, ObserveError, OpKind, ReconcileError, Report};
 use crate::config::{Config, LocalDetection};
 
 /// Why the node's kernel could not be prepared at start.
@@ -49,6 +50,9 @@ pub struct NodeKernel {
     rule_config: RuleConfig,
     local_detection: LocalDetection,
     runtime: Handle,
+    /// The ctnetlink socket of the conntrack reconciler, opened at its first pass and
+    /// again after a failure.
+    conntrack: Option<ConntrackSocket>,
 }
 
 impl std::fmt::Debug for NodeKernel {
@@ -245,6 +249,7 @@ impl NodeKernel {
             rule_config,
             local_detection: config.local_detection.clone(),
             runtime: Handle::current(),
+            conntrack: None,
         })
     }
 
@@ -383,6 +388,69 @@ impl Kernel for NodeKernel {
             addresses,
             ipsets,
         })
+    }
+
+    fn reconcile_conntrack(
+        &mut self,
+        family: Family,
+        frontends: &Frontends,
+    ) -> Result<u64, ReconcileError> {
+        let unread = |err: kipvs_host::Error| ReconcileError {
+            deleted: None,
+            message: err.to_string(),
+        };
+        let socket = match &mut self.conntrack {
+            Some(socket) => socket,
+            None => self
+                .conntrack
+                .insert(ConntrackSocket::open().map_err(unread)?),
+        };
+        let dump = match socket.list(family) {
+            Ok(dump) => dump,
+            Err(err) => {
+                self.conntrack = None;
+                return Err(unread(err));
+            }
+        };
+        if dump.interrupted {
+            tracing::debug!(
+                ?family,
+                "conntrack table changed while read; going on with what was read"
+            );
+        }
+        let stale = frontends.stale(&dump.flows);
+        let (mut deleted, mut failed) = (0u64, Vec::new());
+        for flow in &stale {
+            match socket.delete(flow) {
+                Ok(true) => {
+                    deleted += 1;
+                    tracing::trace!(?flow, "stale conntrack entry deleted");
+                }
+                Ok(false) => {}
+                Err(err) => failed.push(err.to_string()),
+            }
+        }
+        tracing::debug!(
+            ?family,
+            entries = dump.flows.len(),
+            stale = stale.len(),
+            deleted,
+            "conntrack reconciled"
+        );
+        if failed.is_empty() {
+            Ok(deleted)
+        } else {
+            self.conntrack = None;
+            Err(ReconcileError {
+                deleted: Some(deleted),
+                message: format!(
+                    "{} of {} stale conntrack entries not deleted: {}",
+                    failed.len(),
+                    stale.len(),
+                    failed.join("; ")
+                ),
+            })
+        }
     }
 
     fn node_addresses(&mut self) -> Option<Vec<IpAddr>> {

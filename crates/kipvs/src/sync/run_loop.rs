@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::cluster::{Applied, ClusterView};
-use super::kernel::{Kernel, Report};
+use super::kernel::{Kernel, OpKind, Report};
 use crate::owners::Recorder;
 use crate::servers::metrics::{FamilyLabels, OperationLabels, TrafficPolicyLabels};
 use crate::servers::service_health::{self, HealthChecks};
@@ -352,7 +352,8 @@ impl<K: Kernel> SyncLoop<K> {
             sender.send_replace(service_health::wanted(&self.proxier));
         }
         let elapsed = started.elapsed().as_secs_f64();
-        let metrics = &self.shared.metrics;
+        let shared = Arc::clone(&self.shared);
+        let metrics = &shared.metrics;
         let families = self.families();
         for family in &families {
             metrics.sync_duration.get_or_create(family).observe(elapsed);
@@ -371,13 +372,16 @@ impl<K: Kernel> SyncLoop<K> {
         // As kube-proxy: health follows the sync as a whole (the kernel read back, the
         // rules written); an object the kernel refuses is retried and reported, and
         // never takes the node out.
-        let (synced, success) = match result {
+        let (synced, mut success) = match &result {
             Ok(report) => (!report.sync_failed(), report.is_success()),
             Err(why) => {
                 tracing::warn!(reason = %why, "cannot read or prepare the kernel; nothing planned");
                 (false, false)
             }
         };
+        if let Ok(report) = &result {
+            success &= self.reconcile_conntrack(&report.restore_failures);
+        }
         if synced {
             if let Some(since) = self.pending_since.take() {
                 let elapsed = Instant::now().duration_since(since);
@@ -415,6 +419,67 @@ impl<K: Kernel> SyncLoop<K> {
             self.retry = (self.retry * 2).min(self.timing.sync_period);
         }
         (pass, success)
+    }
+
+    /// kube-proxy's conntrack reconciler, after a pass: for each family due (a UDP
+    /// endpoint change reached it) whose rules were written (`unwritten` lists those
+    /// whose `iptables-restore` failed: kube-proxy skips the pass there), deletes the
+    /// stale UDP entries and books the pass as kube-proxy does (duration and count, 0
+    /// included; nothing when the table cannot be read). A family stays due until its
+    /// pass completes, so a failure is retried at the next pass. Returns whether every
+    /// pass completed.
+    fn reconcile_conntrack(&mut self, unwritten: &[IpFamily]) -> bool {
+        let mut success = true;
+        for family in self.proxier.conntrack_due() {
+            if !self.proxier.config().families.contains(&family) {
+                // No proxier of that family in kube-proxy: nothing to reconcile.
+                self.proxier.conntrack_done(family);
+                continue;
+            }
+            if unwritten.contains(&family) {
+                continue;
+            }
+            let frontends = self.proxier.conntrack_frontends(family);
+            let started = std::time::Instant::now();
+            let result = self.kernel.reconcile_conntrack(family, &frontends);
+            let took = started.elapsed().as_secs_f64();
+            let metrics = &self.shared.metrics;
+            let labels = FamilyLabels::of(family);
+            let (deleted, outcome) = match &result {
+                Ok(n) => (Some(*n), "ok"),
+                Err(err) => (err.deleted, "error"),
+            };
+            if let Some(n) = deleted {
+                metrics
+                    .conntrack_reconciler_duration
+                    .get_or_create(&labels)
+                    .observe(took);
+                metrics
+                    .conntrack_reconciler_deleted
+                    .get_or_create(&labels)
+                    .inc_by(n);
+            }
+            metrics
+                .kernel_operations
+                .get_or_create(&OperationLabels {
+                    kind: OpKind::ConntrackReconcile.as_str().to_owned(),
+                    result: outcome.to_owned(),
+                })
+                .inc();
+            match result {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(ip_family = %labels.ip_family, deleted = n, "stale UDP conntrack entries deleted");
+                    }
+                    self.proxier.conntrack_done(family);
+                }
+                Err(err) => {
+                    tracing::warn!(ip_family = %labels.ip_family, error = %err, "conntrack reconciler failed; retried at the next pass");
+                    success = false;
+                }
+            }
+        }
+        success
     }
 
     /// Sets kube-proxy's gauge of Services whose Local policy found no endpoint on this

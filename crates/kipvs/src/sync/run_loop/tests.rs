@@ -607,3 +607,82 @@ async fn network_programming_is_measured_from_each_slices_trigger_time_as_kube_p
     run_for(&mut l, &mut rx, Duration::from_secs(2)).await;
     assert_eq!(programming(&l).0, 1);
 }
+
+fn udp_flow(client_port: u16, dst: &str, reply: &str) -> kipvs_proxy::Flow {
+    let client: std::net::SocketAddr = format!("10.0.0.1:{client_port}").parse().unwrap();
+    kipvs_proxy::Flow {
+        protocol: Some(Protocol::Udp),
+        orig_src: client,
+        orig_dst: dst.parse().unwrap(),
+        reply_src: reply.parse().unwrap(),
+        reply_dst: client,
+        zone: 0,
+    }
+}
+
+/// `kubeproxy_conntrack_reconciler_*` for IPv4: (passes, deleted entries), `None` when
+/// the series do not exist.
+fn reconciler(l: &SyncLoop<SimulatedKernel>) -> Option<(u64, u64)> {
+    let metrics = l.shared.metrics.render();
+    let value = |series: &str| -> Option<u64> {
+        let prefix = format!("kubeproxy_conntrack_reconciler_{series}{{ip_family=\"IPv4\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(|v| v.parse().unwrap())
+    };
+    Some((
+        value("sync_duration_seconds_count")?,
+        value("deleted_entries_total")?,
+    ))
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_udp_conntrack_entries_go_after_a_udp_endpoint_change_and_a_failure_is_retried() {
+    // kube-dns (10.96.0.10:53 UDP): 10.244.1.2 ready, 10.244.2.3 serving-terminating.
+    let live = udp_flow(40001, "10.96.0.10:53", "10.244.1.2:53");
+    let terminating = udp_flow(40002, "10.96.0.10:53", "10.244.2.3:53");
+    let gone = udp_flow(40003, "10.96.0.10:53", "10.244.9.9:53");
+    let foreign = udp_flow(40004, "10.0.0.99:5353", "10.0.0.99:5353");
+    let kernel = SimulatedKernel {
+        conntrack: vec![live, terminating, gone, foreign],
+        ..SimulatedKernel::default()
+    };
+    let mut l = new_loop(kernel);
+    let (_tx, mut rx) = mpsc::channel(8);
+    assert_eq!(reconciler(&l), None, "no series before the first pass");
+    // The first listing is a UDP endpoint change, as in kube-proxy.
+    feed_example(&mut l);
+    run_for(&mut l, &mut rx, Duration::from_secs(2)).await;
+    assert_eq!(l.kernel().conntrack, vec![live, terminating, foreign]);
+    assert_eq!(reconciler(&l), Some((1, 1)));
+    // Nothing UDP changed: no pass at the next verify.
+    run_for(&mut l, &mut rx, Duration::from_secs(31)).await;
+    assert_eq!(reconciler(&l), Some((1, 1)));
+
+    // The table cannot be read: nothing booked (as kube-proxy), the family stays due and
+    // the pass is retried with the sync's backoff.
+    l.kernel.failing_conntrack = true;
+    l.kernel.conntrack.push(gone);
+    // 10.244.1.2 makes way for 10.244.1.7.
+    l.handle(slice_triggered_at(
+        "kube-dns-x1",
+        SystemTime::now(),
+        "10.244.1.7",
+    ));
+    run_for(&mut l, &mut rx, Duration::from_secs(2)).await;
+    assert_eq!(reconciler(&l), Some((1, 1)));
+    assert!(l.kernel().conntrack.contains(&gone));
+    let metrics = l.shared.metrics.render();
+    assert!(
+        metrics.contains(
+            "kipvs_kernel_operations_total{kind=\"conntrack_reconcile\",result=\"error\"} "
+        ),
+        "{metrics}"
+    );
+    l.kernel.failing_conntrack = false;
+    run_for(&mut l, &mut rx, Duration::from_secs(5)).await;
+    assert_eq!(reconciler(&l), Some((2, 3)));
+    assert_eq!(l.kernel().conntrack, vec![terminating, foreign]);
+    assert!(l.proxier.conntrack_due().is_empty());
+}
