@@ -1,5 +1,6 @@
 //! Removing everything kipvs installs on the node, and nothing else: its iptables jumps
-//! and chains (both families), then its ipsets (kube-proxy's names in both families, and
+//! and chains (each family whose iptables works on the node, as kube-proxy's cleanup
+//! uses only those), then its ipsets (kube-proxy's names in both families, and
 //! kipvs' temporary sets), then the VIP link with its addresses.
 //!
 //! The order matters: a set cannot be destroyed while a rule matches it.
@@ -32,8 +33,9 @@ pub fn own_set_names() -> Vec<String> {
     names
 }
 
-/// Removes kipvs' iptables rules (both families, on `backend`), its ipsets, and the VIP
-/// link `link_name`. Running it twice is harmless: the second run finds nothing.
+/// Removes kipvs' iptables rules (both families, on `backend`; a family whose iptables
+/// does not work on the node, such as IPv6 on a node without it, is skipped), its
+/// ipsets, and the VIP link `link_name`. Running it twice is harmless: the second run finds nothing.
 /// Must run inside a tokio runtime (the link is removed over rtnetlink).
 ///
 /// # Errors
@@ -41,7 +43,12 @@ pub fn own_set_names() -> Vec<String> {
 pub async fn cleanup(link_name: &str, backend: Backend) -> Result<CleanupReport> {
     let mut report = CleanupReport::default();
     for family in [Family::V4, Family::V6] {
-        if Iptables::new(backend, family).cleanup()? {
+        let iptables = Iptables::new(backend, family);
+        if let Err(err) = iptables.present() {
+            tracing::info!(?family, error = %err, "no iptables support for family; its rules are left");
+            continue;
+        }
+        if iptables.cleanup()? {
             report.iptables.push(family);
         }
     }

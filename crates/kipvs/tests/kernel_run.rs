@@ -705,10 +705,12 @@ fn sample(metrics: &str, series: &str) -> f64 {
 /// (`kubeproxy_sync_proxy_rules_iptables_restore_failures_total` by `ip_family`), holds
 /// the node's health down as a sync that fails as a whole, and is retried until the
 /// rules are written. The failure is the kernel's own: the node uses the legacy backend
-/// (the kubelet's hint chain in its legacy `mangle` table) and the legacy `nat` tables'
-/// modules are not loaded, with the kernel's module loading turned off meanwhile, so
-/// `iptables-legacy-restore` and `ip6tables-legacy-restore` cannot initialize `nat`
-/// (each counted under its family); loading the modules lets the next retry through.
+/// (the kubelet's hint chain in its legacy `mangle` table), whose `nat` tables work (so
+/// both families run, as kube-proxy's start-up check finds them), but the `set` match
+/// (`xt_set`) is not loaded and the kernel's module loading is off meanwhile, so
+/// `iptables-legacy-restore` and `ip6tables-legacy-restore` cannot commit rules that
+/// match the KUBE-* sets (each counted under its family); loading the module lets the
+/// next retry through.
 #[test]
 #[ignore = "kernel: run by tests/run"]
 fn a_failed_iptables_restore_is_counted_by_family_and_retried_until_the_rules_are_written() {
@@ -721,33 +723,36 @@ fn a_failed_iptables_restore_is_counted_by_family_and_retried_until_the_rules_ar
     }
     // Every other module kipvs needs (set types, schedulers, matches) is loaded first,
     // by a run on another node with module loading on.
-    let warm = node();
-    let out = run_once(
-        &warm,
-        &repo_file("examples/cluster.yaml"),
-        &config(&scratch("restore-failure-warm"), "2s"),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    {
+        let warm = node();
+        let out = run_once(
+            &warm,
+            &repo_file("examples/cluster.yaml"),
+            &config(&scratch("restore-failure-warm"), "2s"),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // iptables-legacy loads no table module itself.
     for module in [
         "iptable_mangle",
         "iptable_filter",
+        "iptable_nat",
         "ip6table_mangle",
         "ip6table_filter",
+        "ip6table_nat",
     ] {
         kipvs_testkit::modprobe(module);
     }
-    for module in ["iptable_nat", "ip6table_nat"] {
-        let _ = Command::new("modprobe").args(["-r", module]).status();
-        assert!(
-            !Path::new("/sys/module").join(module).exists(),
-            "{module} is loaded and in use: this test needs it unloaded"
-        );
-    }
+    // The warm node's rules go with its namespace, which the kernel tears down in the
+    // background: xt_set is free to unload soon after.
+    wait_for("xt_set unloaded", Duration::from_secs(30), || {
+        let _ = Command::new("modprobe").args(["-r", "xt_set"]).status();
+        !Path::new("/sys/module/xt_set").exists()
+    });
     let autoload = Autoload(
         std::fs::read_to_string("/proc/sys/kernel/modprobe")
             .unwrap()
@@ -781,7 +786,7 @@ fn a_failed_iptables_restore_is_counted_by_family_and_retried_until_the_rules_ar
     let nat = ns.run("iptables-legacy-save", &["-t", "nat"]);
     assert!(
         !String::from_utf8_lossy(&nat.stdout).contains(":KUBE-SERVICES"),
-        "rules written without a nat table"
+        "rules written without the set match"
     );
     // 2 x syncPeriod without a sync that succeeds as a whole: unhealthy, as kube-proxy.
     wait_for("/healthz 503", Duration::from_secs(30), || {
@@ -789,8 +794,7 @@ fn a_failed_iptables_restore_is_counted_by_family_and_retried_until_the_rules_ar
     });
 
     drop(autoload);
-    kipvs_testkit::modprobe("iptable_nat");
-    kipvs_testkit::modprobe("ip6table_nat");
+    kipvs_testkit::modprobe("xt_set");
     wait_for("the rules written", Duration::from_secs(60), || {
         let nat = ns.run_ok("iptables-legacy-save", &["-t", "nat"]);
         let nat6 = ns.run_ok("ip6tables-legacy-save", &["-t", "nat"]);

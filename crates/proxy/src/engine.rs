@@ -314,7 +314,7 @@ impl Proxier {
     /// Plan, and to delete drained destinations (their connection counts come from the
     /// dump).
     pub fn verify(&mut self, observed: &Observed, now: Moment) -> Plan {
-        self.kernel = KernelState::from_observed(observed);
+        self.kernel = KernelState::from_observed(observed, &self.config);
         self.full_pass(now, true)
     }
 
@@ -340,6 +340,8 @@ impl Proxier {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use kipvs_ipvs::Scheduler;
 
     use super::*;
@@ -365,6 +367,105 @@ mod tests {
         let plan = p.verify(&observed, Moment::from_secs(0));
         apply(&plan, &mut observed);
         (p, observed)
+    }
+
+    /// A dual-stack cluster programmed by a proxier running both families.
+    fn dual_stack(config: Config) -> (Proxier, Observed) {
+        let mut p = Proxier::new(config, node());
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.cluster_ips.push("fd00::10".into());
+        raw.ports[0].node_port = Some(30080);
+        p.upsert_service(service(raw));
+        p.upsert_service(service(raw_service("v6only", "fd00::20")));
+        p.upsert_slice(slice(raw_slice(
+            "web",
+            "4",
+            vec![endpoint("10.244.1.5", "a")],
+        )));
+        p.upsert_slice(slice(raw_slice(
+            "web",
+            "6",
+            vec![endpoint("fd00:244::5", "a")],
+        )));
+        p.upsert_slice(slice(raw_slice(
+            "v6only",
+            "6",
+            vec![endpoint("fd00:244::6", "a")],
+        )));
+        let mut observed = Observed::default();
+        let plan = p.verify(&observed, Moment::from_secs(0));
+        apply(&plan, &mut observed);
+        (p, observed)
+    }
+
+    #[test]
+    fn a_proxier_without_ipv6_ignores_ipv6_services_and_leaves_the_kernels_ipv6_state_alone() {
+        let v4 = Config {
+            families: vec![kipvs_ipvs::Family::V4],
+            ..Config::default()
+        };
+        // From scratch: the IPv4 half only, and rules for IPv4 only.
+        let (mut p, observed) = dual_stack(v4.clone());
+        let is_v6 = |a: &IpAddr| a.is_ipv6();
+        assert!(observed
+            .table
+            .services
+            .iter()
+            .all(|s| s.service.key.family() == kipvs_ipvs::Family::V4));
+        assert!(!observed.table.services.is_empty());
+        assert!(!observed.addresses.iter().any(is_v6));
+        assert!(observed
+            .ipsets
+            .keys()
+            .all(|s| s.family == kipvs_ipvs::Family::V4));
+        let plan = p.verify(&observed, Moment::from_secs(1));
+        assert!(plan.is_empty(), "{plan:?}");
+        let inputs = p.resync(Moment::from_secs(1)).iptables.expect("the rules");
+        assert_eq!(
+            inputs.families.iter().map(|f| f.family).collect::<Vec<_>>(),
+            vec![kipvs_ipvs::Family::V4]
+        );
+
+        // A kernel a dual-stack run left: the IPv6 services, addresses and members stay
+        // as they are (kube-proxy's IPv4-only proxier leaves the other family alone).
+        let (_, dual) = dual_stack(Config::default());
+        assert!(dual
+            .table
+            .services
+            .iter()
+            .any(|s| s.service.key.family() == kipvs_ipvs::Family::V6));
+        let mut p = Proxier::new(v4, node());
+        let mut raw = raw_service("web", "10.96.0.10");
+        raw.cluster_ips.push("fd00::10".into());
+        raw.ports[0].node_port = Some(30080);
+        p.upsert_service(service(raw));
+        p.upsert_slice(slice(raw_slice(
+            "web",
+            "4",
+            vec![endpoint("10.244.1.5", "a")],
+        )));
+        let plan = p.verify(&dual, Moment::from_secs(1));
+        assert!(
+            plan.ipvs
+                .iter()
+                .all(|op| op.key().family() == kipvs_ipvs::Family::V4),
+            "{plan:?}"
+        );
+        assert!(!plan.unbinds.iter().any(is_v6), "{plan:?}");
+        assert!(!plan.binds.iter().any(is_v6), "{plan:?}");
+        assert!(
+            plan.set_deletes
+                .iter()
+                .chain(&plan.set_adds)
+                .all(|(s, _)| s.family == kipvs_ipvs::Family::V4),
+            "{plan:?}"
+        );
+        // The v6-only Service is gone from the cluster, and its IPv6 virtual service
+        // stays in the kernel: not deleted by the IPv4-only proxier.
+        assert!(
+            !plan.ipvs.iter().any(|op| *op.key() == tcp("fd00::20", 80)),
+            "{plan:?}"
+        );
     }
 
     #[test]

@@ -94,11 +94,16 @@ pub(crate) struct KernelState {
 }
 
 impl KernelState {
-    pub fn from_observed(o: &Observed) -> Self {
+    /// The planner's index of `o`, restricted to the address families `config` runs:
+    /// the virtual services, kube-ipvs0 addresses and set members of a family kipvs
+    /// does not run are not its business (kube-proxy's single-stack proxier leaves the
+    /// other family alone), so nothing is planned on them.
+    pub fn from_observed(o: &Observed, config: &Config) -> Self {
         let services = o
             .table
             .services
             .iter()
+            .filter(|e| config.handles(e.service.key.family()))
             .map(|e| {
                 let mut dests: Vec<KDest> = e
                     .destinations
@@ -122,11 +127,17 @@ impl KernelState {
         let members = o
             .ipsets
             .iter()
+            .filter(|(set, _)| config.handles(set.family))
             .flat_map(|(set, ms)| ms.iter().map(move |m| (*set, *m)))
             .collect();
         KernelState {
             services,
-            addresses: o.addresses.iter().copied().collect(),
+            addresses: o
+                .addresses
+                .iter()
+                .filter(|a| config.handles(kipvs_ipvs::Family::of(a)))
+                .copied()
+                .collect(),
             members,
         }
     }

@@ -176,7 +176,7 @@ pub fn plan(
     drain: &mut Drain,
     now: Moment,
 ) -> Plan {
-    let kernel = KernelState::from_observed(observed);
+    let kernel = KernelState::from_observed(observed, config);
     let scope = Scope {
         node,
         config,

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use kipvs_ipvs::Family;
 use kipvs_proxy::{Member, SetName};
 
 use super::catalog::KubeSets;
@@ -81,20 +82,20 @@ impl IpsetExecutor {
         })
     }
 
-    /// Creates every set of kube-proxy's catalog (both families) that is missing, at
-    /// kube-proxy's size; sets that exist are left as they are (never flushed). A
-    /// temporary set left by an interrupted regrow is destroyed. Returns how many sets
-    /// were created.
+    /// Creates every set of kube-proxy's catalog for `families` (those kipvs runs) that
+    /// is missing, at kube-proxy's size; sets that exist are left as they are (never
+    /// flushed), and sets of other families are not looked at. A temporary set left by
+    /// an interrupted regrow is destroyed. Returns how many sets were created.
     ///
     /// # Errors
     /// When the sets cannot be listed or the kernel refuses a create.
-    pub fn ensure_sets(&mut self) -> Result<usize> {
+    pub fn ensure_sets(&mut self, families: &[Family]) -> Result<usize> {
         let existing = self.socket.list(&|_| false)?;
         if existing.contains_key(&temp_name()) {
             self.socket.apply(&[SetOp::Destroy(temp_name())])?;
         }
         let mut created = 0;
-        for set in SetName::all() {
+        for set in SetName::all().filter(|s| families.contains(&s.family)) {
             match existing.get(&set.to_string()) {
                 Some(found) => self.note(set, found.maxelem, found.entries),
                 None => {

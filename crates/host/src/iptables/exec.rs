@@ -14,6 +14,7 @@ use crate::Result;
 #[derive(Debug, Clone)]
 pub struct Iptables {
     family: Family,
+    command: String,
     save: String,
     restore: String,
 }
@@ -23,6 +24,7 @@ impl Iptables {
     pub fn new(backend: Backend, family: Family) -> Iptables {
         Iptables {
             family,
+            command: backend.program(family, ""),
             save: backend.program(family, "save"),
             restore: backend.program(family, "restore"),
         }
@@ -31,6 +33,22 @@ impl Iptables {
     /// The family.
     pub fn family(&self) -> Family {
         self.family
+    }
+
+    /// Whether this family's iptables works on the node: kube-proxy's `Present()`,
+    /// which lists the `nat` table's `POSTROUTING` chain (`ip6tables -w 5 -S POSTROUTING
+    /// -t nat`). kube-proxy runs a family only where this succeeds.
+    ///
+    /// # Errors
+    /// When the program is missing or cannot list the chain (no `nat` table: the
+    /// kernel's modules are missing, or IPv6 is disabled at boot).
+    pub fn present(&self) -> Result<()> {
+        run(
+            &self.command,
+            &["-w", "5", "-S", "POSTROUTING", "-t", "nat"],
+            None,
+        )
+        .map(|_| ())
     }
 
     /// Reads the `nat` and `filter` tables with one `iptables-save`.

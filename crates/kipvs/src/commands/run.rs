@@ -10,6 +10,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kipvs_host::iptables::Backend;
+use kipvs_ipvs::Family;
 use kipvs_kube::events::{EventRecorder, ServiceRef};
 use kipvs_kube::source::{self, ClusterEvent};
 use kipvs_kube::watch::{watch_cluster, WatchConfig};
@@ -24,6 +26,7 @@ use crate::owners::{self, Recorder};
 use crate::servers::service_health::listeners::{self, Reporter};
 use crate::servers::service_health::HealthChecks;
 use crate::servers::{self, health::ProxyHealth, Shared};
+use crate::sync::families;
 use crate::sync::kernel::{Kernel, SimulatedKernel};
 use crate::sync::node::{local_addresses, NodeKernel};
 use crate::sync::run_loop::{Mode, Outcome, SyncLoop, Timing, WarningSink};
@@ -143,19 +146,48 @@ async fn run(args: &RunArgs, config: Config, master: Option<String>) -> Result<E
     };
     let addresses = local_addresses(LINK_NAME).unwrap_or_default();
     let node = kipvs_proxy::Node::new(node_name.clone()).with_addresses(addresses.iter().copied());
+    // The families this node runs, decided once as kube-proxy decides them; a dry run
+    // touches nothing and plans both.
+    let backend = (!args.dry_run).then(Backend::detect);
+    let families = match backend {
+        Some(backend) => {
+            // Until the Node object arrives, only bindAddress can say the primary family.
+            let primary = families::primary_family(&config.bind_address, &[]);
+            let families = families::decide(&families::probe(backend), primary)
+                .map_err(|why| Failure::Other(format!("cannot run on this node: {why}")))?;
+            families.log();
+            families.run
+        }
+        None => vec![Family::V4, Family::V6],
+    };
     // Until the Node object arrives, only bindAddress can stand for the primary addresses.
     let core_for = {
         let config = config.clone();
         let drain_timeout = args.drain_timeout;
+        let families = families.clone();
         move |node_addresses: &[std::net::IpAddr]| {
             let mut core = config.core(&config.primary_addresses(node_addresses));
             core.drain_timeout = drain_timeout;
+            core.families = families.clone();
             core
         }
     };
     let proxier = Proxier::new(core_for(&[]), node);
-    let node_config: crate::sync::run_loop::NodeConfig =
-        Box::new(move |info| core_for(&info.addresses));
+    let node_config: crate::sync::run_loop::NodeConfig = {
+        let (bind_address, families) = (config.bind_address.clone(), families.clone());
+        Box::new(move |info| {
+            // kube-proxy refuses to start on a node whose primary family it cannot run.
+            let primary = families::primary_family(&bind_address, &info.addresses);
+            if !families.contains(&primary) {
+                return Err(format!(
+                    "no support for primary IP family \"{}\" (the Node's addresses: {:?})",
+                    crate::servers::ip_family(primary),
+                    info.addresses
+                ));
+            }
+            Ok(core_for(&info.addresses))
+        })
+    };
     tracing::info!(node = %node_name, dry_run = args.dry_run, "kipvs starting");
 
     let events = recorder;
@@ -168,9 +200,14 @@ async fn run(args: &RunArgs, config: Config, master: Option<String>) -> Result<E
             .with_node_config(node_config);
         drive(with_sink(sync, sink), rx, mode).await
     } else {
-        let kernel = NodeKernel::setup(&config, LINK_NAME)
-            .await
-            .map_err(|err| Failure::from(err).context("cannot prepare the node"))?;
+        let kernel = NodeKernel::setup(
+            &config,
+            LINK_NAME,
+            backend.unwrap_or_else(Backend::detect),
+            &families,
+        )
+        .await
+        .map_err(|err| Failure::from(err).context("cannot prepare the node"))?;
         let recorder = Recorder::new(owners::path(args.owners_file.as_deref()), &node_name);
         tracing::info!(path = %recorder.path().display(), "recording Service ownership");
         let (health_checks, wanted) = watch::channel(HealthChecks::default());
@@ -189,6 +226,7 @@ async fn run(args: &RunArgs, config: Config, master: Option<String>) -> Result<E
         Some(Outcome::Once { success: true }) => Ok(ExitCode::SUCCESS),
         Some(Outcome::Once { success: false }) => Ok(ExitCode::from(1)),
         Some(Outcome::SourceClosed) => Err(Failure::Other("the cluster source stopped".to_owned())),
+        Some(Outcome::Fatal(why)) => Err(Failure::Other(format!("cannot run on this node: {why}"))),
         None => {
             tracing::info!("stopping; the kernel rules stay in place");
             Ok(ExitCode::SUCCESS)

@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod conntrack;
+pub mod families;
 pub mod kernel;
 pub mod node;
 pub mod run_loop;

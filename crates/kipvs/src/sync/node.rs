@@ -46,6 +46,9 @@ pub struct NodeKernel {
     ipvs: Client,
     link: VipLink,
     ipsets: IpsetExecutor,
+    /// The families kipvs runs (see [`super::families`]): only their sets are made.
+    families: Vec<Family>,
+    /// The iptables of each family kipvs runs; another family's is never run.
     iptables: Vec<(Family, Iptables)>,
     rule_config: RuleConfig,
     local_detection: LocalDetection,
@@ -209,11 +212,18 @@ fn apply_conntrack(
 impl NodeKernel {
     /// Prepares the node: loads IPVS, applies kube-proxy's sysctls and the configured
     /// IPVS timeouts, makes sure kube-ipvs0 exists (never recreating it) and every
-    /// KUBE-* set exists (never flushing one). Nothing that carries traffic is removed.
+    /// KUBE-* set of `families` exists (never flushing one). Nothing that carries
+    /// traffic is removed. The iptables rules are written with `backend`'s tools, for
+    /// `families` only (those kipvs runs, see [`super::families`]).
     ///
     /// Must run inside a multi-threaded tokio runtime. Fails when IPVS, the link, a
     /// sysctl or the sets cannot be set up; the error says which.
-    pub async fn setup(config: &Config, link_name: &str) -> Result<NodeKernel, SetupError> {
+    pub async fn setup(
+        config: &Config,
+        link_name: &str,
+        backend: Backend,
+        families: &[Family],
+    ) -> Result<NodeKernel, SetupError> {
         prepare_kernel(config)?;
         let mut ipvs = Client::new()?;
         if let Some(timeouts) = config.ipvs.timeouts() {
@@ -230,8 +240,7 @@ impl NodeKernel {
         }
         let link = VipLink::ensure(link_name).await?;
         let mut ipsets = IpsetExecutor::open()?;
-        ipsets.ensure_sets()?;
-        let backend = Backend::detect();
+        ipsets.ensure_sets(families)?;
         let rule_config = RuleConfig {
             masquerade_bit: MasqueradeBit::new(config.masquerade_bit)?,
             masquerade_all: config.masquerade_all,
@@ -242,9 +251,10 @@ impl NodeKernel {
             ipvs,
             link,
             ipsets,
-            iptables: [Family::V4, Family::V6]
-                .into_iter()
-                .map(|f| (f, Iptables::new(backend, f)))
+            families: families.to_vec(),
+            iptables: families
+                .iter()
+                .map(|&f| (f, Iptables::new(backend, f)))
                 .collect(),
             rule_config,
             local_detection: config.local_detection.clone(),
@@ -374,7 +384,7 @@ impl Kernel for NodeKernel {
         let addresses = addresses.into_iter().map(|net| net.addr()).collect();
         let created = self
             .ipsets
-            .ensure_sets()
+            .ensure_sets(&self.families)
             .map_err(|e| ObserveError(format!("cannot create the KUBE-* sets: {e}")))?;
         if created > 0 {
             tracing::warn!(sets = created, "KUBE-* sets were gone; created them again");

@@ -59,6 +59,9 @@ pub enum Outcome {
         /// Every operation succeeded.
         success: bool,
     },
+    /// This node's Node object asks for what kipvs cannot do (its primary family does
+    /// not run here): kube-proxy refuses to start on such a node, and so kipvs stops.
+    Fatal(String),
 }
 
 /// What a step did.
@@ -105,10 +108,13 @@ pub struct SyncLoop<K: Kernel> {
     /// The core's configuration for a given Node object (the `primary` keyword of
     /// nodePortAddresses stands for the Node's addresses); applied at every Node change.
     node_config: Option<NodeConfig>,
+    /// Why the loop must stop, when a Node object asked for what kipvs cannot do.
+    fatal: Option<String>,
 }
 
-/// Makes the core's configuration from this node's Node object.
-pub type NodeConfig = Box<dyn Fn(&NodeInfo) -> kipvs_proxy::Config + Send + Sync>;
+/// Makes the core's configuration from this node's Node object; fails, with the
+/// reason, when kipvs cannot serve that node (its primary family does not run here).
+pub type NodeConfig = Box<dyn Fn(&NodeInfo) -> Result<kipvs_proxy::Config, String> + Send + Sync>;
 
 /// Receives what the loop learns about Services' problems: the daemon turns warnings
 /// into Kubernetes Events on the Service.
@@ -176,6 +182,7 @@ impl<K: Kernel> SyncLoop<K> {
             owners: None,
             health_checks: None,
             node_config: None,
+            fatal: None,
         }
     }
 
@@ -247,7 +254,12 @@ impl<K: Kernel> SyncLoop<K> {
             let wake = self.next_wake();
             tokio::select! {
                 event = events.recv() => match event {
-                    Some(event) => self.handle(event),
+                    Some(event) => {
+                        self.handle(event);
+                        if let Some(why) = self.fatal.take() {
+                            return Outcome::Fatal(why);
+                        }
+                    }
                     None => return Outcome::SourceClosed,
                 },
                 () = tokio::time::sleep_until(wake), if ready => {
@@ -295,8 +307,13 @@ impl<K: Kernel> SyncLoop<K> {
                 .with_health(|h| h.set_node_eligible(node.eligible));
             let addresses = self.proxier.node().addresses.clone();
             self.proxier.set_node(node.to_core(addresses));
-            if let Some(config) = &self.node_config {
-                self.proxier.set_config(config(node));
+            match self.node_config.as_ref().map(|config| config(node)) {
+                Some(Ok(config)) => self.proxier.set_config(config),
+                Some(Err(why)) => {
+                    tracing::error!(node = %node.name, reason = %why, "cannot serve this node");
+                    self.fatal = Some(why);
+                }
+                None => {}
             }
         }
         for trigger in &applied.triggers {

@@ -515,9 +515,11 @@ ports: [{name: http, port: 8080}]
 
 #[test]
 fn the_node_object_decides_the_cores_configuration_when_it_arrives() {
-    let mut l = new_loop(SimulatedKernel::default()).with_node_config(Box::new(|info| Config {
-        node_port_addresses: info.addresses.iter().map(|a| (*a).into()).collect(),
-        ..Config::default()
+    let mut l = new_loop(SimulatedKernel::default()).with_node_config(Box::new(|info| {
+        Ok(Config {
+            node_port_addresses: info.addresses.iter().map(|a| (*a).into()).collect(),
+            ..Config::default()
+        })
     }));
     assert!(l.proxier().config().node_port_addresses.is_empty());
     let node = example().nodes.remove(0);
@@ -685,4 +687,59 @@ async fn stale_udp_conntrack_entries_go_after_a_udp_endpoint_change_and_a_failur
     assert_eq!(reconciler(&l), Some((2, 3)));
     assert_eq!(l.kernel().conntrack, vec![terminating, foreign]);
     assert!(l.proxier.conntrack_due().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_whose_primary_family_cannot_run_here_stops_the_loop_with_the_reason() {
+    let mut l = new_loop(SimulatedKernel::default()).with_node_config(Box::new(|_| {
+        Err("no support for primary IP family \"IPv6\"".to_owned())
+    }));
+    let (tx, rx) = mpsc::channel(8);
+    for event in kipvs_kube::source::replay(example()) {
+        tx.send(event).await.unwrap();
+    }
+    assert_eq!(
+        l.run(rx, Mode::Continuous).await,
+        Outcome::Fatal("no support for primary IP family \"IPv6\"".to_owned())
+    );
+    assert!(
+        l.kernel().plans.is_empty(),
+        "planned for a node it cannot serve"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ipv4_only_node_reports_health_and_metrics_for_ipv4_alone() {
+    let node = Node::new("node-a").with_addresses(["192.168.1.10".parse().unwrap()]);
+    let config = Config {
+        families: vec![kipvs_ipvs::Family::V4],
+        ..Config::default()
+    };
+    let mut l = SyncLoop::new(
+        Proxier::new(config, node),
+        "node-a",
+        SimulatedKernel::default(),
+        Shared::new(ProxyHealth::new(TIMING.sync_period * 2)),
+        TIMING,
+    );
+    let (tx, rx) = mpsc::channel(8);
+    for event in kipvs_kube::source::replay(example()) {
+        tx.send(event).await.unwrap();
+    }
+    assert_eq!(l.run(rx, Mode::Once).await, Outcome::Once { success: true });
+    let plan = &l.kernel().plans[0];
+    let inputs = plan.iptables.as_ref().expect("the rules");
+    assert!(inputs
+        .families
+        .iter()
+        .all(|f| f.family == kipvs_ipvs::Family::V4));
+    let metrics = l.shared.metrics.render();
+    assert!(
+        metrics.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("ip_family=\"IPv6\""), "{metrics}");
+    let health = l.shared.with_health(|h| h.healthz(SystemTime::now()).body);
+    assert!(health.contains("\"IPv4\""), "{health}");
+    assert!(!health.contains("IPv6"), "{health}");
 }
