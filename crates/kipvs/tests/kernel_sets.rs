@@ -176,8 +176,7 @@ fn sets_grow_past_65536_members_by_swap_and_shrink_back_under_their_rules() {
         .block_on(NodeKernel::setup(
             &Config::default(),
             "kube-ipvs0",
-            kipvs_host::iptables::Backend::detect(),
-            &[Family::V4, Family::V6],
+            Family::V4,
         ))
         .unwrap();
     let set_count = ns.run_ok("ipset", &["list", "-n"]).lines().count();

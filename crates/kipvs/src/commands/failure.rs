@@ -205,6 +205,7 @@ impl From<SetupError> for Failure {
         match err {
             SetupError::Ipvs(e) => e.into(),
             SetupError::Host(e) => e.into(),
+            SetupError::Families(why) => Failure::Other(why),
             SetupError::Conntrack { max, cpus, source } => conntrack_failure(max, cpus, &source),
         }
     }

@@ -10,7 +10,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kipvs_host::iptables::Backend;
 use kipvs_ipvs::Family;
 use kipvs_kube::events::{EventRecorder, ServiceRef};
 use kipvs_kube::source::{self, ClusterEvent};
@@ -146,20 +145,22 @@ async fn run(args: &RunArgs, config: Config, master: Option<String>) -> Result<E
     };
     let addresses = local_addresses(LINK_NAME).unwrap_or_default();
     let node = kipvs_proxy::Node::new(node_name.clone()).with_addresses(addresses.iter().copied());
-    // The families this node runs, decided once as kube-proxy decides them; a dry run
-    // touches nothing and plans both.
-    let backend = (!args.dry_run).then(Backend::detect);
-    let families = match backend {
-        Some(backend) => {
-            // Until the Node object arrives, only bindAddress can say the primary family.
-            let primary = families::primary_family(&config.bind_address, &[]);
-            let families = families::decide(&families::probe(backend), primary)
-                .map_err(|why| Failure::Other(format!("cannot run on this node: {why}")))?;
-            families.log();
-            families.run
-        }
-        None => vec![Family::V4, Family::V6],
+    // The node's kernel is prepared before the core: which address families run is
+    // decided there, once, as kube-proxy decides them at start. A dry run touches
+    // nothing and plans both.
+    let kernel = if args.dry_run {
+        None
+    } else {
+        // Until the Node object arrives, only bindAddress can say the primary family.
+        let primary = families::primary_family(&config.bind_address, &[]);
+        let kernel = NodeKernel::setup(&config, LINK_NAME, primary)
+            .await
+            .map_err(|err| Failure::from(err).context("cannot prepare the node"))?;
+        Some(kernel)
     };
+    let families = kernel
+        .as_ref()
+        .map_or_else(|| vec![Family::V4, Family::V6], |k| k.families().to_vec());
     // Until the Node object arrives, only bindAddress can stand for the primary addresses.
     let core_for = {
         let config = config.clone();
@@ -194,20 +195,7 @@ async fn run(args: &RunArgs, config: Config, master: Option<String>) -> Result<E
     let sink = events
         .clone()
         .map(|recorder| -> Box<dyn WarningSink> { Box::new(Events(recorder)) });
-    let outcome = if args.dry_run {
-        let kernel = DryRun(SimulatedKernel::default());
-        let sync = SyncLoop::new(proxier, &node_name, kernel, shared, timing)
-            .with_node_config(node_config);
-        drive(with_sink(sync, sink), rx, mode).await
-    } else {
-        let kernel = NodeKernel::setup(
-            &config,
-            LINK_NAME,
-            backend.unwrap_or_else(Backend::detect),
-            &families,
-        )
-        .await
-        .map_err(|err| Failure::from(err).context("cannot prepare the node"))?;
+    let outcome = if let Some(kernel) = kernel {
         let recorder = Recorder::new(owners::path(args.owners_file.as_deref()), &node_name);
         tracing::info!(path = %recorder.path().display(), "recording Service ownership");
         let (health_checks, wanted) = watch::channel(HealthChecks::default());
@@ -219,6 +207,11 @@ async fn run(args: &RunArgs, config: Config, master: Option<String>) -> Result<E
         let sync = SyncLoop::new(proxier, &node_name, kernel, shared, timing)
             .with_owners_recorder(recorder)
             .with_health_checks(health_checks)
+            .with_node_config(node_config);
+        drive(with_sink(sync, sink), rx, mode).await
+    } else {
+        let kernel = DryRun(SimulatedKernel::default());
+        let sync = SyncLoop::new(proxier, &node_name, kernel, shared, timing)
             .with_node_config(node_config);
         drive(with_sink(sync, sink), rx, mode).await
     };

@@ -29,6 +29,10 @@ pub enum SetupError {
     /// kube-ipvs0, a sysctl, the ipsets or iptables failed.
     #[error(transparent)]
     Host(#[from] kipvs_host::Error),
+    /// The node cannot run the families kipvs needs (see [`super::families`]): no
+    /// working iptables, or the primary family cannot run; kube-proxy's reason.
+    #[error("{0}")]
+    Families(String),
     /// A conntrack limit or timeout of the `conntrack` section could not be applied.
     #[error("{source}")]
     Conntrack {
@@ -211,21 +215,25 @@ fn apply_conntrack(
 
 impl NodeKernel {
     /// Prepares the node: loads IPVS, applies kube-proxy's sysctls and the configured
-    /// IPVS timeouts, makes sure kube-ipvs0 exists (never recreating it) and every
-    /// KUBE-* set of `families` exists (never flushing one). Nothing that carries
-    /// traffic is removed. The iptables rules are written with `backend`'s tools, for
-    /// `families` only (those kipvs runs, see [`super::families`]).
+    /// IPVS timeouts, decides which address families run (once, as kube-proxy does at
+    /// start, see [`super::families`]; `primary` is the node's primary family as known
+    /// now) and logs it, makes sure kube-ipvs0 exists (never recreating it) and every
+    /// KUBE-* set of those families exists (never flushing one). Nothing that carries
+    /// traffic is removed. The iptables rules of those families only are written later.
     ///
     /// Must run inside a multi-threaded tokio runtime. Fails when IPVS, the link, a
-    /// sysctl or the sets cannot be set up; the error says which.
+    /// sysctl or the sets cannot be set up, or the node cannot run the families kipvs
+    /// needs; the error says which.
     pub async fn setup(
         config: &Config,
         link_name: &str,
-        backend: Backend,
-        families: &[Family],
+        primary: Family,
     ) -> Result<NodeKernel, SetupError> {
         prepare_kernel(config)?;
         let mut ipvs = Client::new()?;
+        // IPVS answers only CAP_NET_ADMIN: asked first, a missing privilege is named as
+        // such, before the iptables probe below would fail with iptables' own words.
+        ipvs.info()?;
         if let Some(timeouts) = config.ipvs.timeouts() {
             // As kube-proxy: a refusal is logged and kipvs runs with the kernel's values.
             match ipvs.set_timeouts(&timeouts) {
@@ -238,6 +246,11 @@ impl NodeKernel {
                 Err(err) => tracing::warn!(error = %err, "cannot set the IPVS timeouts"),
             }
         }
+        let backend = Backend::detect();
+        let decided = super::families::decide(&super::families::probe(backend), primary)
+            .map_err(SetupError::Families)?;
+        decided.log();
+        let families = &decided.run;
         let link = VipLink::ensure(link_name).await?;
         let mut ipsets = IpsetExecutor::open()?;
         ipsets.ensure_sets(families)?;
@@ -261,6 +274,11 @@ impl NodeKernel {
             runtime: Handle::current(),
             conntrack: None,
         })
+    }
+
+    /// The address families kipvs runs on this node, the primary first.
+    pub fn families(&self) -> &[Family] {
+        &self.families
     }
 
     /// The node's own addresses, on every link but kube-ipvs0: NodePorts listen there.
