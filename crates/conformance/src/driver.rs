@@ -220,38 +220,10 @@ fn run_proxy(
     dir: &Path,
 ) -> Result<Capture, String> {
     let netns = format!("kc-{}-{}", proxy.name(), std::process::id());
-    let node = Node::create(&netns, setup, scenario)?;
+    let node = Node::create(&netns, setup, scenario.node_script.as_deref())?;
     let name = proxy.name();
-    let kubeconfig = match proxy {
-        Proxy::KubeProxy => &setup.peers.kube_proxy_kubeconfig,
-        Proxy::Kipvs => &setup.peers.kipvs_kubeconfig,
-    };
-    let config = dir.join(format!("{name}.config.yaml"));
-    write(&config, &scenario.config_with_kubeconfig(kubeconfig))?;
     let log_path = dir.join(format!("{name}.log"));
-    let log =
-        std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-    let err_log = log.try_clone().map_err(|e| e.to_string())?;
-    let config_arg = config.display().to_string();
-    let owners = dir.join("kipvs.owners.json").display().to_string();
-    let args: Vec<&str> = match proxy {
-        Proxy::KubeProxy => vec!["--config", &config_arg],
-        Proxy::Kipvs => vec!["run", "--config", &config_arg, "--owners-file", &owners],
-    };
-    let bin = match proxy {
-        Proxy::KubeProxy => &setup.peers.kube_proxy,
-        Proxy::Kipvs => &setup.kipvs,
-    };
-    let child = Command::new("ip")
-        .args(["netns", "exec", &netns])
-        .arg(bin)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(err_log)
-        .spawn()
-        .map_err(|e| format!("cannot start {name}: {e}"))?;
-    let mut running = Running { child, name };
+    let mut running = start_proxy(setup, scenario, proxy, &netns, dir)?;
     let probes = Probes {
         healthz: scenario.healthz_address(),
         metrics: scenario.metrics_address(),
@@ -288,10 +260,54 @@ fn run_proxy(
     Ok(capture)
 }
 
+/// Starts `proxy` in the node namespace `netns` with the scenario's configuration (its
+/// kubeconfig filled in), writing `PROXY.config.yaml` and `PROXY.log` into `dir`. The
+/// process is the proxy itself (`ip netns exec` executes it in place), so its id is the
+/// proxy's.
+pub(crate) fn start_proxy(
+    setup: &Setup,
+    scenario: &Scenario,
+    proxy: Proxy,
+    netns: &str,
+    dir: &Path,
+) -> Result<Running, String> {
+    let name = proxy.name();
+    let kubeconfig = match proxy {
+        Proxy::KubeProxy => &setup.peers.kube_proxy_kubeconfig,
+        Proxy::Kipvs => &setup.peers.kipvs_kubeconfig,
+    };
+    let config = dir.join(format!("{name}.config.yaml"));
+    write(&config, &scenario.config_with_kubeconfig(kubeconfig))?;
+    let log_path = dir.join(format!("{name}.log"));
+    let log =
+        std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let err_log = log.try_clone().map_err(|e| e.to_string())?;
+    let config_arg = config.display().to_string();
+    let owners = dir.join("kipvs.owners.json").display().to_string();
+    let args: Vec<&str> = match proxy {
+        Proxy::KubeProxy => vec!["--config", &config_arg],
+        Proxy::Kipvs => vec!["run", "--config", &config_arg, "--owners-file", &owners],
+    };
+    let bin = match proxy {
+        Proxy::KubeProxy => &setup.peers.kube_proxy,
+        Proxy::Kipvs => &setup.kipvs,
+    };
+    let child = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(bin)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err_log)
+        .spawn()
+        .map_err(|e| format!("cannot start {name}: {e}"))?;
+    Ok(Running { child, name })
+}
+
 /// Whether the samples of [`SYNC_METRIC`] say the proxy has synced: each is set, and
 /// when they are per address family (an `ip_family` label, as kube-proxy's), both of the
 /// node's families have one (kube-proxy syncs them one after the other).
-fn synced(samples: &[(String, f64)]) -> bool {
+pub(crate) fn synced(samples: &[(String, f64)]) -> bool {
     let families: Vec<&str> = samples
         .iter()
         .filter_map(|(labels, _)| {
@@ -338,18 +354,21 @@ fn stable_capture(ns: &NodeNs, probes: &Probes) -> Result<Capture, String> {
     ))
 }
 
-/// A proxy process; stopped (SIGTERM, then SIGKILL after 30 s) when dropped.
-struct Running {
-    child: Child,
-    name: &'static str,
+/// A process of the run (a proxy, a forwarder); stopped (SIGTERM, then SIGKILL after
+/// 30 s) when dropped.
+pub(crate) struct Running {
+    pub(crate) child: Child,
+    pub(crate) name: &'static str,
 }
 
 impl Running {
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+    /// Its exit status, once it has exited.
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
 
-    fn stop(&mut self) {
+    /// Stops it: SIGTERM, SIGKILL after 30 s.
+    pub(crate) fn stop(&mut self) {
         if self.exited().is_some() {
             return;
         }
@@ -376,13 +395,19 @@ impl Drop for Running {
 }
 
 /// A fresh node namespace (with its API server forwarder, if any); deleted when dropped.
-struct Node {
-    ns: NodeNs,
+pub(crate) struct Node {
+    pub(crate) ns: NodeNs,
     forwarder: Option<Running>,
 }
 
 impl Node {
-    fn create(name: &str, setup: &Setup, scenario: &Scenario) -> Result<Node, String> {
+    /// Creates the namespace `name` with [`NODE_SETUP`], starts the setup's forwarder in
+    /// it and runs `node_script` (a scenario's `node.sh`) there.
+    pub(crate) fn create(
+        name: &str,
+        setup: &Setup,
+        node_script: Option<&str>,
+    ) -> Result<Node, String> {
         // A namespace left by an interrupted run goes first.
         let _ = Command::new("ip").args(["netns", "del", name]).output();
         run(Command::new("ip").args(["netns", "add", name]))?;
@@ -414,7 +439,7 @@ impl Node {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        if let Some(script) = &scenario.node_script {
+        if let Some(script) = node_script {
             node.ns
                 .run("sh", &["-euc", script])
                 .map_err(|e| format!("node.sh: {e}"))?;
@@ -522,12 +547,12 @@ fn run(command: &mut Command) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn write(path: &Path, text: &str) -> Result<(), String> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The last 30 lines of a log file.
-fn tail(path: &Path) -> String {
+pub(crate) fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")

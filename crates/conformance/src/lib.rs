@@ -10,8 +10,10 @@
 //! The pure parts (what a capture is, the normalizers, the rules, the comparison, the
 //! scenarios) are unit-tested here; [`node`] and [`driver`] run tools and processes and
 //! are exercised by the kernel test `kernel_conformance` and by the conformance run.
+//! [`bench`] is the `peer` benchmark (`tests/bench peer`), on the same machinery.
 //! This crate is test support: it is never part of what kipvs ships.
 
+pub mod bench;
 pub mod capture;
 pub mod compare;
 pub mod driver;

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use kipvs_conformance::bench;
 use kipvs_conformance::capture::Capture;
 use kipvs_conformance::compare::{Comparison, Outcome};
-use kipvs_conformance::driver::{self, Peers, Setup, Totals};
+use kipvs_conformance::driver::{self, Peers, Proxy, Setup, Totals};
 use kipvs_conformance::node::{NodeNs, Probes};
 use kipvs_conformance::rules::{self, Rule};
 use kipvs_conformance::scenario::Scenario;
@@ -32,6 +33,84 @@ enum Cmd {
     /// Compare again every scenario of an earlier run's results (after a change to the
     /// README's table, say): the same report and totals as `run`, without a VM.
     Recompare(RecompareArgs),
+    /// Write the objects of the `peer` benchmark's cluster, for the host to create.
+    BenchGenerate(BenchGenerateArgs),
+    /// Run the `peer` benchmark (in the VM, the cluster created): kube-proxy and kipvs.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchGenerateArgs {
+    /// Services in the cluster.
+    #[arg(long)]
+    services: usize,
+    /// Endpoints of each Service.
+    #[arg(long, default_value_t = 10)]
+    dests: usize,
+    /// Objects a file.
+    #[arg(long, default_value_t = 500)]
+    chunk: usize,
+    /// The directory to write into.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Services in the cluster (as generated).
+    #[arg(long)]
+    services: usize,
+    /// Endpoints of each Service (as generated).
+    #[arg(long, default_value_t = 10)]
+    dests: usize,
+    /// Endpoint changes timed one at a time.
+    #[arg(long, default_value_t = 20)]
+    changes: usize,
+    /// Endpoint changes of the churn.
+    #[arg(long, default_value_t = 1000)]
+    churn: usize,
+    /// Their rate, per second.
+    #[arg(long, default_value_t = 20.0)]
+    churn_rate: f64,
+    /// Seconds of the idle phase.
+    #[arg(long, default_value_t = 300)]
+    idle: u64,
+    /// The proxies to measure, in order (kube-proxy, kipvs).
+    #[arg(long, value_delimiter = ',', default_value = "kube-proxy,kipvs")]
+    proxies: Vec<String>,
+    /// The kipvs binary.
+    #[arg(long)]
+    kipvs: PathBuf,
+    /// The kube-proxy binary.
+    #[arg(long)]
+    kube_proxy: PathBuf,
+    /// The kubectl binary.
+    #[arg(long)]
+    kubectl: PathBuf,
+    /// An admin kubeconfig (for `kubectl proxy`, through which changes are made).
+    #[arg(long)]
+    admin_kubeconfig: PathBuf,
+    /// kube-proxy's kubeconfig.
+    #[arg(long)]
+    kube_proxy_kubeconfig: PathBuf,
+    /// kipvs' kubeconfig.
+    #[arg(long)]
+    kipvs_kubeconfig: PathBuf,
+    /// A program run inside each node namespace making the API server reachable there.
+    #[arg(long)]
+    forward: Option<PathBuf>,
+    /// The address the forwarder listens on inside the namespace.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    forward_listen: String,
+    /// The port `kubectl proxy` listens on (127.0.0.1).
+    #[arg(long, default_value_t = 8001)]
+    api_port: u16,
+    /// Where configs and logs go.
+    #[arg(long)]
+    results: PathBuf,
+    /// Seconds a proxy may take to program the cluster, or a change.
+    #[arg(long, default_value_t = 3600)]
+    sync_timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +202,8 @@ fn main() -> ExitCode {
         Cmd::Capture(args) => capture(&args),
         Cmd::Compare(args) => compare(&args),
         Cmd::Recompare(args) => recompare(&args),
+        Cmd::BenchGenerate(args) => bench_generate(&args),
+        Cmd::Bench(args) => bench(&args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("kipvs-conformance: {e}");
@@ -269,5 +350,95 @@ fn compare(args: &CompareArgs) -> Result<ExitCode, String> {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+fn bench_generate(args: &BenchGenerateArgs) -> Result<ExitCode, String> {
+    let cluster = bench::Cluster::new(args.services, args.dests)?;
+    bench::generate(&cluster, &args.out, args.chunk)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(args: &BenchArgs) -> Result<ExitCode, String> {
+    let mut cluster = bench::Cluster::new(args.services, args.dests)?;
+    let proxies = args
+        .proxies
+        .iter()
+        .map(|p| match p.as_str() {
+            "kube-proxy" => Ok(Proxy::KubeProxy),
+            "kipvs" => Ok(Proxy::Kipvs),
+            other => Err(format!("unknown proxy {other} (kube-proxy, kipvs)")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let sizes = bench::Sizes {
+        services: args.services,
+        dests: args.dests,
+        changes: args.changes,
+        churn: args.churn,
+        churn_rate: args.churn_rate,
+        idle: Duration::from_secs(args.idle),
+    };
+    let setup = Setup {
+        kipvs: args.kipvs.clone(),
+        peers: Peers {
+            kube_proxy: args.kube_proxy.clone(),
+            kubectl: args.kubectl.clone(),
+            admin_kubeconfig: args.admin_kubeconfig.clone(),
+            kube_proxy_kubeconfig: args.kube_proxy_kubeconfig.clone(),
+            kipvs_kubeconfig: args.kipvs_kubeconfig.clone(),
+        },
+        forward: args
+            .forward
+            .clone()
+            .map(|program| (program, args.forward_listen.clone())),
+        results: args.results.clone(),
+        sync_timeout: Duration::from_secs(args.sync_timeout),
+    };
+    std::fs::create_dir_all(&args.results)
+        .map_err(|e| format!("{}: {e}", args.results.display()))?;
+    // Changes go through `kubectl proxy` (plain HTTP on the loopback), so that the
+    // benchmark times the update itself and not a kubectl process.
+    let api = format!("127.0.0.1:{}", args.api_port);
+    let log =
+        std::fs::File::create(args.results.join("kubectl-proxy.log")).map_err(|e| e.to_string())?;
+    let mut kubectl_proxy = std::process::Command::new(&args.kubectl)
+        .arg("--kubeconfig")
+        .arg(&args.admin_kubeconfig)
+        .args([
+            "proxy",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &args.api_port.to_string(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("kubectl proxy: {e}"))?;
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(&api).is_err() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = kubectl_proxy.kill();
+            return Err(format!("kubectl proxy does not listen on {api}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let result = bench::run(
+        &setup,
+        &mut cluster,
+        &sizes,
+        &proxies,
+        &api,
+        Duration::from_secs(args.sync_timeout),
+    );
+    let _ = kubectl_proxy.kill();
+    let _ = kubectl_proxy.wait();
+    let (results, failed) = result?;
+    print!("{}", bench::report(&results, &sizes, &cluster));
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }

@@ -336,7 +336,7 @@ fn io_reason(e: std::io::Error) -> String {
 
 /// An HTTP/1.x response: status line, headers (names lower-cased), body (chunked
 /// transfer decoded).
-fn parse_response(raw: &[u8]) -> Result<HttpAnswer, String> {
+pub(crate) fn parse_response(raw: &[u8]) -> Result<HttpAnswer, String> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
