@@ -445,6 +445,8 @@ pub struct Measured {
     pub programming: Vec<f64>,
     /// Round trip of the update through the API server, per change, milliseconds.
     pub round_trip: Vec<f64>,
+    /// Syncs the proxy made for the timed changes, and their mean duration (ms).
+    pub change_syncs: (f64, f64),
     /// CPU seconds of the churn, until the kernel was exact.
     pub churn_cpu: f64,
     /// Peak RSS (KiB) during the churn.
@@ -609,6 +611,12 @@ fn run_one(
         }
     );
     m.start_hwm = proc_stats(pid)?.hwm;
+    let _ = write!(
+        m.start_detail,
+        "; {} syncs until then, taking {:.1} s in all",
+        metric_sum(ns, metrics, SYNC_COUNT),
+        metric_sum(ns, metrics, SYNC_SUM)
+    );
     say(&format!(
         "start {:.2} s ({}); peak RSS {} MiB",
         m.start,
@@ -618,6 +626,10 @@ fn run_one(
 
     // Network programming, one change at a time.
     let n = cluster.len();
+    let syncs0 = (
+        metric_sum(ns, metrics, SYNC_COUNT),
+        metric_sum(ns, metrics, SYNC_SUM),
+    );
     for j in 0..sizes.changes {
         alive(&mut running)?;
         // Settle: the proxies' minimum sync period (1 s by default) is not the change's.
@@ -663,6 +675,16 @@ fn run_one(
             programming.map_or("none".to_owned(), |p| format!("{p:.1} ms"))
         ));
     }
+
+    let syncs = metric_sum(ns, metrics, SYNC_COUNT) - syncs0.0;
+    m.change_syncs = (
+        syncs,
+        (metric_sum(ns, metrics, SYNC_SUM) - syncs0.1) * 1000.0 / syncs.max(1.0),
+    );
+    say(&format!(
+        "the changes took {} syncs, {:.1} ms each on average",
+        m.change_syncs.0, m.change_syncs.1
+    ));
 
     // Churn.
     reset_peak(pid)?;
@@ -752,7 +774,8 @@ fn run_one(
         m.idle_same,
         m.idle_exact
     ));
-    let _ = driver::write(&dir.join("rules.after"), &rules1);
+    let _ = driver::write(&dir.join("idle.rules.before"), &rules0);
+    let _ = driver::write(&dir.join("idle.rules.after"), &rules1);
     running.stop();
     drop(node);
     Ok(m)
@@ -761,6 +784,7 @@ fn run_one(
 const NP_COUNT: &str = "kubeproxy_network_programming_duration_seconds_count";
 const NP_SUM: &str = "kubeproxy_network_programming_duration_seconds_sum";
 const SYNC_COUNT: &str = "kubeproxy_sync_proxy_rules_duration_seconds_count";
+const SYNC_SUM: &str = "kubeproxy_sync_proxy_rules_duration_seconds_sum";
 const KERNEL_OPS: &str = "kipvs_kernel_operations_total";
 
 fn ms(d: Duration) -> f64 {
@@ -1077,6 +1101,12 @@ pub fn report(results: &[(Proxy, Measured)], sizes: &Sizes, cluster: &Cluster) -
         "kubeproxy_network_programming_duration_seconds, p99",
         "ms",
         &|m| median_p99(&m.programming).1,
+        true,
+    );
+    line(
+        "sync duration during the timed changes, mean",
+        "ms",
+        &|m| m.change_syncs.1,
         true,
     );
     line("churn CPU", "s", &|m| m.churn_cpu, false);
