@@ -26,12 +26,16 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn config(dir: &Path, top_extra: &str) -> String {
+    config_with_cidr(dir, "10.244.0.0/16,fd00:244::/48", top_extra)
+}
+
+fn config_with_cidr(dir: &Path, cluster_cidr: &str, top_extra: &str) -> String {
     let path = dir.join("config.yaml");
     std::fs::write(
         &path,
         format!(
             "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\n\
-             clusterCIDR: 10.244.0.0/16,fd00:244::/48\nhealthzBindAddress: 127.0.0.1:10256\n\
+             clusterCIDR: {cluster_cidr}\nhealthzBindAddress: 127.0.0.1:10256\n\
              metricsBindAddress: 127.0.0.1:10249\nipvs: {{syncPeriod: 2s, minSyncPeriod: 0s}}\n{top_extra}"
         ),
     )
@@ -341,6 +345,18 @@ fn a_node_with_ipv6_disabled_syncs_ipv4_in_full_and_never_runs_ip6tables_restore
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("no support for primary IP family"), "{err}");
+
+    // A clusterCIDR of only the family that does not run: kube-proxy refuses it with
+    // detectLocalMode ClusterCIDR (the default), and so does kipvs.
+    let config = config_with_cidr(&dir, "fd00:244::/48", "");
+    let out = run_once(&ns, &path, &state, &config);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("cluster is IPv4-only but clusterCIDRs contains only IPv6 addresses"),
+        "{err}"
+    );
+    assert_eq!(ns.run_ok("ipvsadm", &["-Sn"]), "");
 }
 
 #[test]

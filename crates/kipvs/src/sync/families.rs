@@ -16,9 +16,10 @@
 //!
 //! [`decide`] is pure; [`probe`] reads the node.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
+use ipnet::IpNet;
 use kipvs_host::iptables::{Backend, Iptables};
 use kipvs_ipvs::Family;
 
@@ -143,6 +144,77 @@ pub fn decide(probe: &Probe, primary: Family) -> Result<Families, String> {
     })
 }
 
+/// The parts of the configuration kube-proxy checks against the families it runs
+/// (`checkBadIPConfig`).
+#[derive(Debug, Clone, Copy)]
+pub struct IpConfig<'a> {
+    /// `clusterCIDR`.
+    pub cluster_cidrs: &'a [IpNet],
+    /// Whether `detectLocalMode` is `ClusterCIDR`.
+    pub cluster_cidr_mode: bool,
+    /// `ipvs.excludeCIDRs`.
+    pub exclude_cidrs: &'a [IpNet],
+    /// `healthzBindAddress`.
+    pub healthz: SocketAddr,
+    /// `metricsBindAddress`.
+    pub metrics: SocketAddr,
+}
+
+/// kube-proxy's `checkBadIPConfig`: settings that name only the family other than the
+/// primary one. Each is a warning (kube-proxy logs them as "configuration may be
+/// incomplete or incorrect"); excludeCIDRs and the bind addresses are checked only when
+/// one family runs.
+///
+/// Fails, with every problem found, when one of them is fatal in kube-proxy too: a
+/// `clusterCIDR` of only the other family when it runs alone and `detectLocalMode` is
+/// `ClusterCIDR` (such a node could not tell its pods' traffic).
+pub fn check_config(families: &Families, config: &IpConfig<'_>) -> Result<Vec<String>, String> {
+    let bad = match families.primary {
+        Family::V4 => Family::V6,
+        Family::V6 => Family::V4,
+    };
+    let cluster = if families.dual_stack() {
+        format!("{}-primary", ip_family(families.primary))
+    } else {
+        format!("{}-only", ip_family(families.primary))
+    };
+    let only_bad =
+        |cidrs: &[IpNet]| !cidrs.is_empty() && cidrs.iter().all(|c| Family::of(&c.addr()) == bad);
+    let bad_bind = |a: &SocketAddr| Family::of(&a.ip()) == bad && !a.ip().is_unspecified();
+    let (mut problems, mut fatal) = (Vec::new(), false);
+    if only_bad(config.cluster_cidrs) {
+        problems.push(format!(
+            "cluster is {cluster} but clusterCIDRs contains only {} addresses",
+            ip_family(bad)
+        ));
+        fatal = config.cluster_cidr_mode && !families.dual_stack();
+    }
+    if !families.dual_stack() {
+        if only_bad(config.exclude_cidrs) {
+            problems.push(format!(
+                "cluster is {cluster} but ipvs.excludeCIDRs contains only {} addresses",
+                ip_family(bad)
+            ));
+        }
+        for (field, addr) in [
+            ("healthzBindAddress", config.healthz),
+            ("metricsBindAddress", config.metrics),
+        ] {
+            if bad_bind(&addr) {
+                problems.push(format!(
+                    "cluster is {cluster} but {field} is {}",
+                    ip_family(bad)
+                ));
+            }
+        }
+    }
+    if fatal {
+        Err(problems.join(", "))
+    } else {
+        Ok(problems)
+    }
+}
+
 /// The kernel's IPv6 as seen under `proc` (`/proc`): kube-proxy reads
 /// `net/if_inet6` and `sys/net/ipv6/conf/all/disable_ipv6`, both of the calling
 /// thread's network namespace.
@@ -254,6 +326,48 @@ mod tests {
         );
         assert_eq!(primary_family(&[ip("::")], &[ip("fd00::1")]), Family::V6);
         assert_eq!(primary_family(&[ip("0.0.0.0")], &[]), Family::V4);
+    }
+
+    #[test]
+    fn settings_of_only_the_missing_family_are_warned_about_and_a_cluster_cidr_is_fatal() {
+        let v4_only = decide(&node(true, true, KernelIpv6::Disabled), Family::V4).unwrap();
+        let dual = decide(&node(true, true, KernelIpv6::Enabled), Family::V4).unwrap();
+        let v6: Vec<IpNet> = vec!["fd00:244::/48".parse().unwrap()];
+        let both: Vec<IpNet> = vec!["10.244.0.0/16".parse().unwrap(), v6[0]];
+        let config = IpConfig {
+            cluster_cidrs: &both,
+            cluster_cidr_mode: true,
+            exclude_cidrs: &v6,
+            healthz: "[fd00::1]:10256".parse().unwrap(),
+            metrics: "[::]:10249".parse().unwrap(),
+        };
+        assert_eq!(
+            check_config(&v4_only, &config).unwrap(),
+            vec![
+                "cluster is IPv4-only but ipvs.excludeCIDRs contains only IPv6 addresses",
+                "cluster is IPv4-only but healthzBindAddress is IPv6",
+            ]
+        );
+        // Both families run: only clusterCIDR is looked at.
+        assert!(check_config(&dual, &config).unwrap().is_empty());
+        let only_v6 = IpConfig {
+            cluster_cidrs: &v6,
+            ..config
+        };
+        assert_eq!(
+            check_config(&dual, &only_v6).unwrap(),
+            vec!["cluster is IPv4-primary but clusterCIDRs contains only IPv6 addresses"]
+        );
+        let err = check_config(&v4_only, &only_v6).unwrap_err();
+        assert!(
+            err.starts_with("cluster is IPv4-only but clusterCIDRs contains only IPv6 addresses, "),
+            "{err}"
+        );
+        let other_mode = IpConfig {
+            cluster_cidr_mode: false,
+            ..only_v6
+        };
+        assert_eq!(check_config(&v4_only, &other_mode).unwrap().len(), 3);
     }
 
     #[test]

@@ -250,6 +250,25 @@ impl NodeKernel {
         let decided = super::families::decide(&super::families::probe(backend), primary)
             .map_err(SetupError::Families)?;
         decided.log();
+        // kube-proxy checks detectLocal.clusterCIDRs, which clusterCIDR fills.
+        let (cluster_cidrs, cluster_cidr_mode) = match &config.local_detection {
+            LocalDetection::ClusterCidrs(cidrs) => (cidrs.as_slice(), true),
+            _ => (config.cluster_cidrs.as_slice(), false),
+        };
+        let ip_config = super::families::IpConfig {
+            cluster_cidrs,
+            cluster_cidr_mode,
+            exclude_cidrs: &config.ipvs.exclude_cidrs,
+            healthz: config.healthz_bind_address,
+            metrics: config.metrics_bind_address,
+        };
+        // As kube-proxy: logged as errors, or refused when kube-proxy refuses.
+        let problems = super::families::check_config(&decided, &ip_config).map_err(|why| {
+            SetupError::Families(format!("the configuration is incorrect: {why}"))
+        })?;
+        for problem in problems {
+            tracing::error!(problem = %problem, "the configuration may be incomplete or incorrect");
+        }
         let families = &decided.run;
         let link = VipLink::ensure(link_name).await?;
         let mut ipsets = IpsetExecutor::open()?;
