@@ -4,18 +4,18 @@
 //!
 //! Requests are built and dumps decoded by pure functions ([`dump_request`],
 //! [`delete_request`], [`decode_flow`]); [`ConntrackSocket`] sends them. Numbers mirror
-//! `include/uapi/linux/netfilter/nfnetlink_conntrack.h`. The netlink framing is the one
-//! the ipset code speaks ([`crate::ipset::codec`]).
+//! `include/uapi/linux/netfilter/nfnetlink_conntrack.h`; the framing is [`crate::nfnetlink`]'s.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 
 use kipvs_ipvs::{Family, Protocol};
 use kipvs_proxy::Flow;
 
-use crate::ipset::codec::{attrs, error_code, messages, NLMSG_DONE, NLMSG_ERROR};
-use crate::{Error, Result};
+use crate::nfnetlink::{
+    self, be_u16, find, from_ipproto, ipproto, nfproto, NfnetlinkSocket, NLM_F_ACK, NLM_F_DUMP,
+    NLM_F_REQUEST,
+};
+use crate::Result;
 
 /// `NFNL_SUBSYS_CTNETLINK`.
 const SUBSYS_CTNETLINK: u16 = 1;
@@ -37,80 +37,33 @@ const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
 
-const NLA_F_NESTED: u16 = 0x8000;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-/// A dump whose table changed while it ran (the result may miss or repeat entries).
-const NLM_F_DUMP_INTR: u16 = 0x10;
 const ENOENT: i32 = 2;
 
-fn af(family: Family) -> u8 {
-    match family {
-        Family::V4 => 2,
-        Family::V6 => 10,
-    }
-}
-
-fn ipproto(p: Protocol) -> u8 {
-    match p {
-        Protocol::Tcp => 6,
-        Protocol::Udp => 17,
-        Protocol::Sctp => 132,
-    }
-}
-
-fn from_ipproto(n: u8) -> Option<Protocol> {
-    match n {
-        6 => Some(Protocol::Tcp),
-        17 => Some(Protocol::Udp),
-        132 => Some(Protocol::Sctp),
-        _ => None,
-    }
-}
-
-/// One request being built.
-struct Request {
-    buf: Vec<u8>,
-    open: Vec<usize>,
-}
+/// One ctnetlink request being built (subsystem 1, `nfgenmsg` naming the table's
+/// family).
+struct Request(nfnetlink::Request);
 
 impl Request {
     fn new(msg: u16, flags: u16, seq: u32, family: Family) -> Request {
-        let mut buf = Vec::with_capacity(128);
-        buf.extend_from_slice(&[0; 4]);
-        buf.extend_from_slice(&((SUBSYS_CTNETLINK << 8) | msg).to_ne_bytes());
-        buf.extend_from_slice(&flags.to_ne_bytes());
-        buf.extend_from_slice(&seq.to_ne_bytes());
-        buf.extend_from_slice(&0u32.to_ne_bytes());
-        // nfgenmsg: family, version 0, res_id 0.
-        buf.extend_from_slice(&[af(family), 0, 0, 0]);
-        Request {
-            buf,
-            open: Vec::new(),
-        }
+        Request(nfnetlink::Request::new(
+            SUBSYS_CTNETLINK,
+            msg,
+            flags,
+            seq,
+            nfproto(family),
+        ))
     }
 
     fn put(&mut self, ty: u16, value: &[u8]) {
-        let len = u16::try_from(4 + value.len()).unwrap_or(u16::MAX);
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(value);
-        self.buf.resize((self.buf.len() + 3) & !3, 0);
+        self.0.put(ty, value);
     }
 
     fn begin(&mut self, ty: u16) {
-        self.open.push(self.buf.len());
-        self.buf.extend_from_slice(&[0, 0]);
-        self.buf
-            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self.0.begin(ty);
     }
 
     fn end(&mut self) {
-        if let Some(start) = self.open.pop() {
-            let len = u16::try_from(self.buf.len() - start).unwrap_or(u16::MAX);
-            self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-        }
+        self.0.end();
     }
 
     fn tuple(&mut self, ty: u16, protocol: u8, src: SocketAddr, dst: SocketAddr) {
@@ -135,10 +88,8 @@ impl Request {
         self.end();
     }
 
-    fn finish(mut self) -> Vec<u8> {
-        let len = u32::try_from(self.buf.len()).unwrap_or(u32::MAX);
-        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
-        self.buf
+    fn finish(self) -> Vec<u8> {
+        self.0.finish()
     }
 }
 
@@ -165,14 +116,6 @@ pub fn delete_request(flow: &Flow, seq: u32) -> Option<Vec<u8>> {
         r.put(CTA_ZONE, &flow.zone.to_be_bytes());
     }
     Some(r.finish())
-}
-
-fn find(buf: &[u8], ty: u16) -> Option<&[u8]> {
-    attrs(buf).find(|(t, _)| *t == ty).map(|(_, v)| v)
-}
-
-fn be_u16(v: &[u8]) -> Option<u16> {
-    Some(u16::from_be_bytes(v.get(0..2)?.try_into().ok()?))
 }
 
 /// A tuple: protocol (`None` when not one kipvs knows), source, destination.
@@ -224,13 +167,16 @@ pub fn decode_flow(payload: &[u8]) -> Option<Flow> {
     })
 }
 
+/// How a kernel error reads: ctnetlink has no codes of its own, so the errno's words.
+fn errno_words(errno: i32) -> String {
+    std::io::Error::from_raw_os_error(errno).to_string()
+}
+
 /// An nfnetlink socket for the conntrack table, bound to the calling thread's network
 /// namespace.
 #[derive(Debug)]
 pub struct ConntrackSocket {
-    socket: Socket,
-    seq: u32,
-    buf: Vec<u8>,
+    socket: NfnetlinkSocket,
 }
 
 /// What a dump read.
@@ -249,67 +195,9 @@ impl ConntrackSocket {
     /// # Errors
     /// When the socket cannot be created or bound.
     pub fn open() -> Result<ConntrackSocket> {
-        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(Error::Socket)?;
-        socket.bind_auto().map_err(Error::Socket)?;
-        let _ = socket.set_rx_buf_sz(4 * 1024 * 1024);
         Ok(ConntrackSocket {
-            socket,
-            seq: 0,
-            buf: Vec::with_capacity(256 * 1024),
+            socket: NfnetlinkSocket::open()?,
         })
-    }
-
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        self.seq
-    }
-
-    /// Sends `bytes` and hands each payload answered to `seq` to `each`, until the ACK,
-    /// error or end of dump; returns whether a message carried `NLM_F_DUMP_INTR`.
-    fn exchange(
-        &mut self,
-        bytes: &[u8],
-        seq: u32,
-        op: &'static str,
-        object: &str,
-        mut each: impl FnMut(&[u8]),
-    ) -> Result<bool> {
-        let fail = |errno: Option<i32>, message: String| Error::Netlink {
-            op,
-            object: object.to_owned(),
-            errno,
-            message,
-        };
-        self.socket
-            .send(bytes, 0)
-            .map_err(|e| fail(e.raw_os_error(), e.to_string()))?;
-        let mut interrupted = false;
-        loop {
-            self.buf.clear();
-            self.socket
-                .recv(&mut self.buf, 0)
-                .map_err(|e| fail(e.raw_os_error(), e.to_string()))?;
-            for msg in messages(&self.buf) {
-                if msg.seq != seq {
-                    continue;
-                }
-                interrupted |= msg.flags & NLM_F_DUMP_INTR != 0;
-                match msg.ty {
-                    NLMSG_ERROR => {
-                        return match error_code(msg.payload) {
-                            Some(0) => Ok(interrupted),
-                            Some(errno) => Err(fail(
-                                Some(errno),
-                                std::io::Error::from_raw_os_error(errno).to_string(),
-                            )),
-                            None => Err(fail(None, "malformed error message".to_owned())),
-                        }
-                    }
-                    NLMSG_DONE => return Ok(interrupted),
-                    _ => each(msg.payload),
-                }
-            }
-        }
     }
 
     /// Every entry of `family`'s table.
@@ -317,13 +205,14 @@ impl ConntrackSocket {
     /// # Errors
     /// When the dump cannot be sent or the kernel refuses it.
     pub fn list(&mut self, family: Family) -> Result<Dump> {
-        let seq = self.next_seq();
+        let seq = self.socket.next_seq();
         let req = dump_request(family, seq);
         let mut flows = Vec::new();
         let object = format!("the {family:?} conntrack table");
-        let interrupted = self.exchange(&req, seq, "dump", &object, |payload| {
-            flows.extend(decode_flow(payload));
-        })?;
+        let each = |payload: &[u8]| flows.extend(decode_flow(payload));
+        let interrupted = self
+            .socket
+            .exchange(&req, seq, "dump", &object, errno_words, each)?;
         Ok(Dump { flows, interrupted })
     }
 
@@ -332,7 +221,7 @@ impl ConntrackSocket {
     /// # Errors
     /// When the kernel refuses the deletion for another reason.
     pub fn delete(&mut self, flow: &Flow) -> Result<bool> {
-        let seq = self.next_seq();
+        let seq = self.socket.next_seq();
         let Some(req) = delete_request(flow, seq) else {
             return Ok(false);
         };
@@ -340,7 +229,10 @@ impl ConntrackSocket {
             "conntrack entry {} -> {} (reply from {})",
             flow.orig_src, flow.orig_dst, flow.reply_src
         );
-        match self.exchange(&req, seq, "delete", &object, |_| {}) {
+        match self
+            .socket
+            .exchange(&req, seq, "delete", &object, errno_words, |_| {})
+        {
             Ok(_) => Ok(true),
             Err(err) if err.errno() == Some(ENOENT) => Ok(false),
             Err(err) => Err(err),
@@ -351,16 +243,27 @@ impl ConntrackSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nfnetlink::messages;
+
+    /// A flow of `protocol` with its original and reply `[source, destination]`.
+    fn flow(protocol: Protocol, orig: [&str; 2], reply: [&str; 2], zone: u16) -> Flow {
+        Flow {
+            protocol: Some(protocol),
+            orig_src: orig[0].parse().unwrap(),
+            orig_dst: orig[1].parse().unwrap(),
+            reply_src: reply[0].parse().unwrap(),
+            reply_dst: reply[1].parse().unwrap(),
+            zone,
+        }
+    }
 
     fn udp() -> Flow {
-        Flow {
-            protocol: Some(Protocol::Udp),
-            orig_src: "10.0.0.1:40000".parse().unwrap(),
-            orig_dst: "10.96.0.10:53".parse().unwrap(),
-            reply_src: "10.244.1.2:5353".parse().unwrap(),
-            reply_dst: "10.0.0.1:40000".parse().unwrap(),
-            zone: 7,
-        }
+        flow(
+            Protocol::Udp,
+            ["10.0.0.1:40000", "10.96.0.10:53"],
+            ["10.244.1.2:5353", "10.0.0.1:40000"],
+            7,
+        )
     }
 
     /// A dump entry as the kernel writes it: nfgenmsg, both tuples, the zone, and an
@@ -379,14 +282,12 @@ mod tests {
     fn dump_entries_decode_to_both_tuples_and_the_zone() {
         for flow in [
             udp(),
-            Flow {
-                protocol: Some(Protocol::Tcp),
-                orig_src: "[fd00::1]:1234".parse().unwrap(),
-                orig_dst: "[fd00:10::10]:80".parse().unwrap(),
-                reply_src: "[fd00:244::2]:8080".parse().unwrap(),
-                reply_dst: "[fd00::1]:1234".parse().unwrap(),
-                zone: 0,
-            },
+            flow(
+                Protocol::Tcp,
+                ["[fd00::1]:1234", "[fd00:10::10]:80"],
+                ["[fd00:244::2]:8080", "[fd00::1]:1234"],
+                0,
+            ),
         ] {
             let bytes = entry(&flow);
             let msgs = messages(&bytes);

@@ -59,6 +59,7 @@ mod error;
 pub mod ipset;
 pub mod iptables;
 pub mod link;
+pub mod nfnetlink;
 pub mod sysctl;
 
 pub use error::{Error, Result};

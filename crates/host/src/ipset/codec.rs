@@ -6,10 +6,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
-use kipvs_ipvs::{Family, Protocol};
+use kipvs_ipvs::Family;
 use kipvs_proxy::{Member, SetType};
 
 use super::plan::{ObservedSet, SetHeader};
+use crate::nfnetlink::{
+    self, attrs, be_u16, be_u32, find, from_ipproto, ipproto, NFGENMSG_LEN, NFPROTO_IPV4,
+    NFPROTO_IPV6, NFPROTO_UNSPEC, NLA_F_NET_BYTEORDER,
+};
 
 /// `NFNL_SUBSYS_IPSET`.
 pub const SUBSYS_IPSET: u16 = 6;
@@ -60,130 +64,54 @@ const ATTR_CIDR2: u16 = 21;
 const ATTR_IPADDR_IPV4: u16 = 1;
 const ATTR_IPADDR_IPV6: u16 = 2;
 
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_F_NET_BYTEORDER: u16 = 0x4000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-
-/// `NFPROTO_*`.
-const NFPROTO_UNSPEC: u8 = 0;
-const NFPROTO_IPV4: u8 = 2;
-const NFPROTO_IPV6: u8 = 10;
-
-/// Netlink header flags.
-pub const NLM_F_REQUEST: u16 = 0x1;
-/// Ask for an acknowledgement.
-pub const NLM_F_ACK: u16 = 0x4;
-/// Dump.
-pub const NLM_F_DUMP: u16 = 0x300;
-
-const NLMSG_HDRLEN: usize = 16;
-const NFGENMSG_LEN: usize = 4;
-
-fn align(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// The protocol's number (`IPPROTO_*`), as ipset members and the `ipvs` match carry it.
-pub(crate) fn ipproto(p: Protocol) -> u8 {
-    match p {
-        Protocol::Tcp => 6,
-        Protocol::Udp => 17,
-        Protocol::Sctp => 132,
-    }
-}
-
-fn from_ipproto(n: u8) -> Option<Protocol> {
-    match n {
-        6 => Some(Protocol::Tcp),
-        17 => Some(Protocol::Udp),
-        132 => Some(Protocol::Sctp),
-        _ => None,
-    }
-}
-
-fn u32_len(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-fn u16_len(n: usize) -> u16 {
-    u16::try_from(n).unwrap_or(u16::MAX)
-}
-
-/// One request being built: netlink header, nfgenmsg, attributes.
+/// One ipset request being built: an nfnetlink request of subsystem 6 that starts
+/// with the protocol attribute (the kernel refuses any message without it).
 #[derive(Debug, Clone)]
 pub struct Request {
-    buf: Vec<u8>,
-    open: Vec<usize>,
+    msg: nfnetlink::Request,
 }
 
 impl Request {
     /// A request for `cmd` carrying the protocol attribute; `seq` numbers it.
     pub fn new(cmd: Cmd, flags: u16, seq: u32) -> Request {
-        let mut buf = Vec::with_capacity(256);
-        buf.extend_from_slice(&[0; 4]); // length, set in finish()
-        buf.extend_from_slice(&((SUBSYS_IPSET << 8) | cmd as u16).to_ne_bytes());
-        buf.extend_from_slice(&flags.to_ne_bytes());
-        buf.extend_from_slice(&seq.to_ne_bytes());
-        buf.extend_from_slice(&0u32.to_ne_bytes());
-        // nfgenmsg: family AF_INET, version 0, res_id 0.
-        buf.extend_from_slice(&[2, 0, 0, 0]);
-        let mut r = Request {
-            buf,
-            open: Vec::new(),
-        };
-        r.put(ATTR_PROTOCOL, &[PROTOCOL]);
-        r
+        // nfgenmsg's family is AF_INET for every ipset command: the set's own family
+        // travels in ATTR_FAMILY.
+        let mut msg = nfnetlink::Request::new(SUBSYS_IPSET, cmd as u16, flags, seq, NFPROTO_IPV4);
+        msg.put(ATTR_PROTOCOL, &[PROTOCOL]);
+        Request { msg }
     }
 
     /// The bytes so far (the length field is set by [`Request::finish`]).
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.msg.len()
     }
 
     /// Whether only the headers are there.
     pub fn is_empty(&self) -> bool {
-        self.buf.len() <= NLMSG_HDRLEN + NFGENMSG_LEN
-    }
-
-    fn put(&mut self, ty: u16, value: &[u8]) {
-        let len = 4 + value.len();
-        self.buf.extend_from_slice(&u16_len(len).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(value);
-        self.buf.resize(align(self.buf.len()), 0);
+        self.msg.is_empty()
     }
 
     fn put_str(&mut self, ty: u16, s: &str) {
         let mut v = s.as_bytes().to_vec();
         v.push(0);
-        self.put(ty, &v);
-    }
-
-    fn begin(&mut self, ty: u16) {
-        self.open.push(self.buf.len());
-        self.buf.extend_from_slice(&[0, 0]);
-        self.buf
-            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-    }
-
-    fn end(&mut self) {
-        if let Some(start) = self.open.pop() {
-            let len = u16_len(self.buf.len() - start);
-            self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-        }
+        self.msg.put(ty, &v);
     }
 
     fn put_ip(&mut self, ty: u16, ip: IpAddr) {
-        self.begin(ty);
+        self.msg.begin(ty);
         match ip {
-            IpAddr::V4(v4) => self.put(ATTR_IPADDR_IPV4 | NLA_F_NET_BYTEORDER, &v4.octets()),
-            IpAddr::V6(v6) => self.put(ATTR_IPADDR_IPV6 | NLA_F_NET_BYTEORDER, &v6.octets()),
+            IpAddr::V4(v4) => self
+                .msg
+                .put(ATTR_IPADDR_IPV4 | NLA_F_NET_BYTEORDER, &v4.octets()),
+            IpAddr::V6(v6) => self
+                .msg
+                .put(ATTR_IPADDR_IPV6 | NLA_F_NET_BYTEORDER, &v6.octets()),
         }
-        self.end();
+        self.msg.end();
     }
 
     fn put_port(&mut self, ty: u16, port: u16) {
-        self.put(ty | NLA_F_NET_BYTEORDER, &port.to_be_bytes());
+        self.msg.put(ty | NLA_F_NET_BYTEORDER, &port.to_be_bytes());
     }
 
     /// Names the set the command applies to.
@@ -201,7 +129,7 @@ impl Request {
     /// Type and family, for a TYPE query.
     pub fn type_query(mut self, set_type: SetType, family: Family) -> Request {
         self.put_str(ATTR_TYPENAME, set_type.as_str());
-        self.put(ATTR_FAMILY, &[nfproto(set_type, family)]);
+        self.msg.put(ATTR_FAMILY, &[nfproto(set_type, family)]);
         self
     }
 
@@ -209,43 +137,44 @@ impl Request {
     pub fn create(mut self, header: &SetHeader, revision: u8) -> Request {
         self.put_str(ATTR_SETNAME, &header.name);
         self.put_str(ATTR_TYPENAME, header.set_type.as_str());
-        self.put(ATTR_REVISION, &[revision]);
-        self.put(ATTR_FAMILY, &[nfproto(header.set_type, header.family)]);
-        self.begin(ATTR_DATA);
+        self.msg.put(ATTR_REVISION, &[revision]);
+        self.msg
+            .put(ATTR_FAMILY, &[nfproto(header.set_type, header.family)]);
+        self.msg.begin(ATTR_DATA);
         if header.set_type == SetType::BitmapPort {
             self.put_port(ATTR_PORT, 0);
             self.put_port(ATTR_PORT_TO, u16::MAX);
         } else {
-            self.put(
+            self.msg.put(
                 ATTR_HASHSIZE | NLA_F_NET_BYTEORDER,
                 &header.hashsize.to_be_bytes(),
             );
-            self.put(
+            self.msg.put(
                 ATTR_MAXELEM | NLA_F_NET_BYTEORDER,
                 &header.maxelem.to_be_bytes(),
             );
         }
-        self.end();
+        self.msg.end();
         self
     }
 
     /// Opens the ADT container of an ADD or DEL (the kernel wants a line number beside
     /// it, where it reports which member failed).
     pub fn begin_adt(mut self) -> Request {
-        self.put(ATTR_LINENO, &0u32.to_ne_bytes());
-        self.begin(ATTR_ADT);
+        self.msg.put(ATTR_LINENO, &0u32.to_ne_bytes());
+        self.msg.begin(ATTR_ADT);
         self
     }
 
     /// Appends one member to an open ADT container.
     pub fn entry(&mut self, member: &Member) {
-        self.begin(ATTR_DATA);
+        self.msg.begin(ATTR_DATA);
         match *member {
             Member::Ip(ip) => self.put_ip(ATTR_IP, ip),
             Member::IpPort { ip, protocol, port } => {
                 self.put_ip(ATTR_IP, ip);
                 self.put_port(ATTR_PORT, port);
-                self.put(ATTR_PROTO, &[ipproto(protocol)]);
+                self.msg.put(ATTR_PROTO, &[ipproto(protocol)]);
             }
             Member::IpPortIp {
                 ip,
@@ -255,7 +184,7 @@ impl Request {
             } => {
                 self.put_ip(ATTR_IP, ip);
                 self.put_port(ATTR_PORT, port);
-                self.put(ATTR_PROTO, &[ipproto(protocol)]);
+                self.msg.put(ATTR_PROTO, &[ipproto(protocol)]);
                 self.put_ip(ATTR_IP2, ip2);
             }
             Member::IpPortNet {
@@ -266,111 +195,31 @@ impl Request {
             } => {
                 self.put_ip(ATTR_IP, ip);
                 self.put_port(ATTR_PORT, port);
-                self.put(ATTR_PROTO, &[ipproto(protocol)]);
+                self.msg.put(ATTR_PROTO, &[ipproto(protocol)]);
                 self.put_ip(ATTR_IP2, net.addr());
-                self.put(ATTR_CIDR2, &[net.prefix_len()]);
+                self.msg.put(ATTR_CIDR2, &[net.prefix_len()]);
             }
             Member::Port(port) => self.put_port(ATTR_PORT, port),
         }
-        self.end();
+        self.msg.end();
     }
 
     /// Closes open containers and sets the length: the bytes to send.
-    pub fn finish(mut self) -> Vec<u8> {
-        while !self.open.is_empty() {
-            self.end();
-        }
-        let len = u32_len(self.buf.len());
-        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
-        self.buf
+    pub fn finish(self) -> Vec<u8> {
+        self.msg.finish()
     }
 }
 
 fn nfproto(set_type: SetType, family: Family) -> u8 {
-    if !set_type.has_family() {
-        return NFPROTO_UNSPEC;
+    if set_type.has_family() {
+        nfnetlink::nfproto(family)
+    } else {
+        NFPROTO_UNSPEC
     }
-    match family {
-        Family::V4 => NFPROTO_IPV4,
-        Family::V6 => NFPROTO_IPV6,
-    }
-}
-
-/// A netlink message read back: its type, flags, sequence number and payload.
-#[derive(Debug, Clone, Copy)]
-pub struct Message<'a> {
-    /// `nlmsg_type`.
-    pub ty: u16,
-    /// `nlmsg_flags`.
-    pub flags: u16,
-    /// `nlmsg_seq`.
-    pub seq: u32,
-    /// Everything after the netlink header.
-    pub payload: &'a [u8],
-}
-
-/// `NLMSG_ERROR`.
-pub const NLMSG_ERROR: u16 = 2;
-/// `NLMSG_DONE`.
-pub const NLMSG_DONE: u16 = 3;
-
-/// Splits a datagram into netlink messages (stops at the first malformed one).
-pub fn messages(mut buf: &[u8]) -> Vec<Message<'_>> {
-    let mut out = Vec::new();
-    while buf.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
-        let Ok(len) = usize::try_from(len) else { break };
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            break;
-        }
-        out.push(Message {
-            ty: u16::from_ne_bytes([buf[4], buf[5]]),
-            flags: u16::from_ne_bytes([buf[6], buf[7]]),
-            seq: u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]),
-            payload: &buf[NLMSG_HDRLEN..len],
-        });
-        buf = &buf[align(len).min(buf.len())..];
-    }
-    out
-}
-
-/// The errno of an `NLMSG_ERROR` payload (0 for an ACK), made positive.
-pub fn error_code(payload: &[u8]) -> Option<i32> {
-    let code = i32::from_ne_bytes(payload.get(0..4)?.try_into().ok()?);
-    Some(-code)
-}
-
-/// Iterates `(type without flags, value)` over a run of attributes.
-pub fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
-        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let value = &buf[4..len];
-        buf = &buf[align(len).min(buf.len())..];
-        Some((ty, value))
-    })
-}
-
-fn find(buf: &[u8], ty: u16) -> Option<&[u8]> {
-    attrs(buf).find(|(t, _)| *t == ty).map(|(_, v)| v)
 }
 
 fn c_string(v: &[u8]) -> Option<&str> {
     std::str::from_utf8(v.split(|b| *b == 0).next()?).ok()
-}
-
-fn be_u16(v: &[u8]) -> Option<u16> {
-    Some(u16::from_be_bytes(v.get(0..2)?.try_into().ok()?))
-}
-
-fn be_u32(v: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(v.get(0..4)?.try_into().ok()?))
 }
 
 fn ip(v: &[u8]) -> Option<IpAddr> {
@@ -473,6 +322,8 @@ pub fn decode_type_revision(payload: &[u8]) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nfnetlink::{NLMSG_HDRLEN, NLM_F_ACK, NLM_F_REQUEST};
+    use kipvs_ipvs::Protocol;
 
     #[test]
     fn add_requests_nest_members_in_an_adt_container_in_network_order() {

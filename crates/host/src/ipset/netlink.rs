@@ -3,16 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
-
-use super::codec::{
-    self, Cmd, Request, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
-};
+use super::codec::{self, Cmd, Request};
 use kipvs_ipvs::Family;
 use kipvs_proxy::{Member, SetType};
 
 use super::errors::{self, SetClass};
 use super::plan::{ObservedSet, SetOp};
+use crate::nfnetlink::{NfnetlinkSocket, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use crate::{Error, Result};
 
 /// How many bytes of members go in one ADD/DEL message (well under the socket buffer).
@@ -21,9 +18,7 @@ const BATCH_BYTES: usize = 48 * 1024;
 /// An nfnetlink socket for ipset, bound to the calling thread's network namespace.
 #[derive(Debug)]
 pub struct IpsetSocket {
-    socket: Socket,
-    seq: u32,
-    buf: Vec<u8>,
+    socket: NfnetlinkSocket,
     revisions: BTreeMap<(SetType, Family), u8>,
 }
 
@@ -33,25 +28,14 @@ impl IpsetSocket {
     /// # Errors
     /// When the socket cannot be created or bound.
     pub fn open() -> Result<IpsetSocket> {
-        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(Error::Socket)?;
-        socket.bind_auto().map_err(Error::Socket)?;
-        // Large dumps arrive faster with room to queue them; best effort.
-        let _ = socket.set_rx_buf_sz(4 * 1024 * 1024);
         Ok(IpsetSocket {
-            socket,
-            seq: 0,
-            buf: Vec::with_capacity(256 * 1024),
+            socket: NfnetlinkSocket::open()?,
             revisions: BTreeMap::new(),
         })
     }
 
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        self.seq
-    }
-
     /// Sends one request and collects the payloads answered to it, until its ACK, error
-    /// or end of dump.
+    /// or end of dump; an error is worded for a set of `class`.
     fn exchange(
         &mut self,
         bytes: &[u8],
@@ -60,38 +44,16 @@ impl IpsetSocket {
         object: &str,
         class: SetClass,
     ) -> Result<Vec<Vec<u8>>> {
-        let fail = |errno: Option<i32>, message: String| Error::Netlink {
-            op,
-            object: object.to_owned(),
-            errno,
-            message,
-        };
-        self.socket
-            .send(bytes, 0)
-            .map_err(|e| fail(e.raw_os_error(), e.to_string()))?;
         let mut replies = Vec::new();
-        loop {
-            self.buf.clear();
-            self.socket
-                .recv(&mut self.buf, 0)
-                .map_err(|e| fail(e.raw_os_error(), e.to_string()))?;
-            for msg in codec::messages(&self.buf) {
-                if msg.seq != seq {
-                    continue;
-                }
-                match msg.ty {
-                    NLMSG_ERROR => {
-                        return match codec::error_code(msg.payload) {
-                            Some(0) => Ok(replies),
-                            Some(errno) => Err(fail(Some(errno), errors::message(errno, class))),
-                            None => Err(fail(None, "malformed error message".to_owned())),
-                        }
-                    }
-                    NLMSG_DONE => return Ok(replies),
-                    _ => replies.push(msg.payload.to_vec()),
-                }
-            }
-        }
+        self.socket.exchange(
+            bytes,
+            seq,
+            op,
+            object,
+            |errno| errors::message(errno, class),
+            |payload| replies.push(payload.to_vec()),
+        )?;
+        Ok(replies)
     }
 
     /// Every set in the kernel, with members for the sets `wanted` names.
@@ -99,7 +61,7 @@ impl IpsetSocket {
     /// # Errors
     /// When the dump fails or a member of a wanted set cannot be decoded.
     pub fn list(&mut self, wanted: &dyn Fn(&str) -> bool) -> Result<BTreeMap<String, ObservedSet>> {
-        let seq = self.next_seq();
+        let seq = self.socket.next_seq();
         let req = Request::new(Cmd::List, NLM_F_REQUEST | NLM_F_DUMP, seq).finish();
         let replies = self.exchange(&req, seq, "list", "ipsets", SetClass::Unknown)?;
         let mut sets = BTreeMap::new();
@@ -118,7 +80,7 @@ impl IpsetSocket {
         if let Some(r) = self.revisions.get(&(set_type, family)) {
             return Ok(*r);
         }
-        let seq = self.next_seq();
+        let seq = self.socket.next_seq();
         let req = Request::new(Cmd::Type, NLM_F_REQUEST | NLM_F_ACK, seq)
             .type_query(set_type, family)
             .finish();
@@ -149,7 +111,7 @@ impl IpsetSocket {
         build: impl FnOnce(Request) -> Request,
         cmd: Cmd,
     ) -> Result<()> {
-        let seq = self.next_seq();
+        let seq = self.socket.next_seq();
         let req = build(Request::new(cmd, NLM_F_REQUEST | NLM_F_ACK, seq)).finish();
         self.exchange(&req, seq, op, object, class).map(drop)
     }
@@ -159,7 +121,7 @@ impl IpsetSocket {
     /// # Errors
     /// When the dump fails or a member cannot be decoded.
     pub fn list_set(&mut self, name: &str) -> Result<Option<ObservedSet>> {
-        let seq = self.next_seq();
+        let seq = self.socket.next_seq();
         let req = Request::new(Cmd::List, NLM_F_REQUEST | NLM_F_DUMP, seq)
             .set_name(name)
             .finish();
@@ -243,7 +205,7 @@ impl IpsetSocket {
         };
         let mut rest = members;
         while !rest.is_empty() {
-            let seq = self.next_seq();
+            let seq = self.socket.next_seq();
             // No NLM_F_EXCL: the kernel then treats existing (or missing) members as success.
             let mut req = Request::new(cmd, NLM_F_REQUEST | NLM_F_ACK, seq)
                 .set_name(name)

@@ -11,7 +11,7 @@ use kipvs_proxy::ipset::protocol_name;
 use kipvs_proxy::{SetKind, SetName};
 
 use super::spec::RuleSpec;
-use crate::ipset::codec::ipproto;
+use crate::nfnetlink::ipproto;
 
 /// An iptables table kipvs writes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
