@@ -39,6 +39,60 @@ enum Cmd {
     Bench(BenchArgs),
 }
 
+/// The programs and credentials of both proxies and the cluster, which `run` and `bench`
+/// take alike.
+#[derive(Debug, Args)]
+struct PeerArgs {
+    /// The kipvs binary.
+    #[arg(long)]
+    kipvs: PathBuf,
+    /// The kube-proxy binary.
+    #[arg(long)]
+    kube_proxy: PathBuf,
+    /// The kubectl binary.
+    #[arg(long)]
+    kubectl: PathBuf,
+    /// An admin kubeconfig (`bench` also runs `kubectl proxy` with it, through which its
+    /// changes are made).
+    #[arg(long)]
+    admin_kubeconfig: PathBuf,
+    /// kube-proxy's kubeconfig.
+    #[arg(long)]
+    kube_proxy_kubeconfig: PathBuf,
+    /// kipvs' kubeconfig.
+    #[arg(long)]
+    kipvs_kubeconfig: PathBuf,
+    /// A program run inside each node namespace while it lives, making the API server
+    /// reachable there (tests/peer/apiserver-forward).
+    #[arg(long)]
+    forward: Option<PathBuf>,
+    /// The address the forwarder listens on inside the namespace.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    forward_listen: String,
+}
+
+impl PeerArgs {
+    /// The driver's setup for these peers, writing into `results`.
+    fn setup(&self, results: &std::path::Path, sync_timeout: u64) -> Setup {
+        Setup {
+            kipvs: self.kipvs.clone(),
+            peers: Peers {
+                kube_proxy: self.kube_proxy.clone(),
+                kubectl: self.kubectl.clone(),
+                admin_kubeconfig: self.admin_kubeconfig.clone(),
+                kube_proxy_kubeconfig: self.kube_proxy_kubeconfig.clone(),
+                kipvs_kubeconfig: self.kipvs_kubeconfig.clone(),
+            },
+            forward: self
+                .forward
+                .clone()
+                .map(|program| (program, self.forward_listen.clone())),
+            results: results.to_path_buf(),
+            sync_timeout: Duration::from_secs(sync_timeout),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct BenchGenerateArgs {
     /// Services in the cluster.
@@ -78,30 +132,8 @@ struct BenchArgs {
     /// The proxies to measure, in order (kube-proxy, kipvs).
     #[arg(long, value_delimiter = ',', default_value = "kube-proxy,kipvs")]
     proxies: Vec<String>,
-    /// The kipvs binary.
-    #[arg(long)]
-    kipvs: PathBuf,
-    /// The kube-proxy binary.
-    #[arg(long)]
-    kube_proxy: PathBuf,
-    /// The kubectl binary.
-    #[arg(long)]
-    kubectl: PathBuf,
-    /// An admin kubeconfig (for `kubectl proxy`, through which changes are made).
-    #[arg(long)]
-    admin_kubeconfig: PathBuf,
-    /// kube-proxy's kubeconfig.
-    #[arg(long)]
-    kube_proxy_kubeconfig: PathBuf,
-    /// kipvs' kubeconfig.
-    #[arg(long)]
-    kipvs_kubeconfig: PathBuf,
-    /// A program run inside each node namespace making the API server reachable there.
-    #[arg(long)]
-    forward: Option<PathBuf>,
-    /// The address the forwarder listens on inside the namespace.
-    #[arg(long, default_value = "127.0.0.1:6443")]
-    forward_listen: String,
+    #[command(flatten)]
+    peers: PeerArgs,
     /// The port `kubectl proxy` listens on (127.0.0.1).
     #[arg(long, default_value_t = 8001)]
     api_port: u16,
@@ -133,31 +165,8 @@ struct RunArgs {
     /// The README holding the table of intended differences.
     #[arg(long)]
     readme: PathBuf,
-    /// The kipvs binary.
-    #[arg(long)]
-    kipvs: PathBuf,
-    /// The kube-proxy binary.
-    #[arg(long)]
-    kube_proxy: PathBuf,
-    /// The kubectl binary.
-    #[arg(long)]
-    kubectl: PathBuf,
-    /// An admin kubeconfig.
-    #[arg(long)]
-    admin_kubeconfig: PathBuf,
-    /// kube-proxy's kubeconfig.
-    #[arg(long)]
-    kube_proxy_kubeconfig: PathBuf,
-    /// kipvs' kubeconfig.
-    #[arg(long)]
-    kipvs_kubeconfig: PathBuf,
-    /// A program run inside each node namespace while it lives, making the API server
-    /// reachable there (tests/peer/apiserver-forward).
-    #[arg(long)]
-    forward: Option<PathBuf>,
-    /// The address the forwarder listens on inside the namespace.
-    #[arg(long, default_value = "127.0.0.1:6443")]
-    forward_listen: String,
+    #[command(flatten)]
+    peers: PeerArgs,
     /// Where captures, configs and logs go.
     #[arg(long)]
     results: PathBuf,
@@ -230,22 +239,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, String> {
         }
         scenarios.retain(|s| args.only.contains(&s.name));
     }
-    let setup = Setup {
-        kipvs: args.kipvs.clone(),
-        peers: Peers {
-            kube_proxy: args.kube_proxy.clone(),
-            kubectl: args.kubectl.clone(),
-            admin_kubeconfig: args.admin_kubeconfig.clone(),
-            kube_proxy_kubeconfig: args.kube_proxy_kubeconfig.clone(),
-            kipvs_kubeconfig: args.kipvs_kubeconfig.clone(),
-        },
-        forward: args
-            .forward
-            .clone()
-            .map(|program| (program, args.forward_listen.clone())),
-        results: args.results.clone(),
-        sync_timeout: Duration::from_secs(args.sync_timeout),
-    };
+    let setup = args.peers.setup(&args.results, args.sync_timeout);
     let mut results = Vec::new();
     for scenario in &scenarios {
         let result = driver::run_scenario(&setup, scenario, &rules);
@@ -378,22 +372,7 @@ fn bench(args: &BenchArgs) -> Result<ExitCode, String> {
         churn_rate: args.churn_rate,
         idle: Duration::from_secs(args.idle),
     };
-    let setup = Setup {
-        kipvs: args.kipvs.clone(),
-        peers: Peers {
-            kube_proxy: args.kube_proxy.clone(),
-            kubectl: args.kubectl.clone(),
-            admin_kubeconfig: args.admin_kubeconfig.clone(),
-            kube_proxy_kubeconfig: args.kube_proxy_kubeconfig.clone(),
-            kipvs_kubeconfig: args.kipvs_kubeconfig.clone(),
-        },
-        forward: args
-            .forward
-            .clone()
-            .map(|program| (program, args.forward_listen.clone())),
-        results: args.results.clone(),
-        sync_timeout: Duration::from_secs(args.sync_timeout),
-    };
+    let setup = args.peers.setup(&args.results, args.sync_timeout);
     std::fs::create_dir_all(&args.results)
         .map_err(|e| format!("{}: {e}", args.results.display()))?;
     // Changes go through `kubectl proxy` (plain HTTP on the loopback), so that the
@@ -401,9 +380,9 @@ fn bench(args: &BenchArgs) -> Result<ExitCode, String> {
     let api = format!("127.0.0.1:{}", args.api_port);
     let log =
         std::fs::File::create(args.results.join("kubectl-proxy.log")).map_err(|e| e.to_string())?;
-    let mut kubectl_proxy = std::process::Command::new(&args.kubectl)
+    let mut kubectl_proxy = std::process::Command::new(&args.peers.kubectl)
         .arg("--kubeconfig")
-        .arg(&args.admin_kubeconfig)
+        .arg(&args.peers.admin_kubeconfig)
         .args([
             "proxy",
             "--address",
