@@ -8,12 +8,11 @@
 // Helpers below are test code too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use kipvs_testkit::{terminate, wait_for, Netns};
+use kipvs_testkit::{terminate, try_http_get, wait_for, Netns};
 
 const KIPVS: &str = env!("CARGO_BIN_EXE_kipvs");
 
@@ -182,22 +181,6 @@ fn run_once(ns: &Netns, path: &str, state: &str, config: &str) -> std::process::
     )
 }
 
-/// A GET on 127.0.0.1:`port` in the namespace: status and body.
-fn http_get(ns: &Netns, port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let _inside = ns.enter();
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: kipvs\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Ok((status, body.to_owned()))
-}
-
 /// The value of the sample `series` (name and labels, as written) in `/metrics`.
 fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics
@@ -218,8 +201,8 @@ fn sorted(text: &str) -> String {
 /// and `/healthz` healthy with IPv4 alone in its status.
 fn assert_ipv4_alone(ns: &Netns, ip6tables_log: &Path, stderr: &Path) {
     let metrics = || {
-        http_get(ns, 10249, "/metrics")
-            .map(|(_, body)| body)
+        try_http_get(ns, 10249, "/metrics")
+            .map(|(_, _, body)| body)
             .unwrap_or_default()
     };
     // syncPeriod 2s: three verifies (each reads the kernel back and plans again).
@@ -254,7 +237,7 @@ fn assert_ipv4_alone(ns: &Netns, ip6tables_log: &Path, stderr: &Path) {
             .any(|l| l.starts_with("kipvs_kernel_operations_total") && !l.contains("result=\"ok\"")),
         "a kernel operation failed: {m}"
     );
-    let (status, body) = http_get(ns, 10256, "/healthz").unwrap();
+    let (status, _, body) = try_http_get(ns, 10256, "/healthz").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"status\":{\"IPv4\":"), "{body}");
     assert!(!body.contains("IPv6"), "{body}");

@@ -5,12 +5,11 @@
 // Helpers below are test code too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use kipvs_testkit::{terminate, wait_for, Netns};
+use kipvs_testkit::{terminate, try_http_get, wait_for, Netns};
 
 const KIPVS: &str = env!("CARGO_BIN_EXE_kipvs");
 
@@ -134,23 +133,6 @@ const EXAMPLE_IPVS: &str = "\
 fn http_get(ns: &Netns, port: u16, path: &str) -> (u16, String) {
     let (status, _, body) = try_http_get(ns, port, path).unwrap();
     (status, body)
-}
-
-/// A GET on 127.0.0.1:`port` in the namespace: status, lower-cased head and body; an
-/// error when nothing listens.
-fn try_http_get(ns: &Netns, port: u16, path: &str) -> std::io::Result<(u16, String, String)> {
-    let _inside = ns.enter();
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: kipvs\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response[9..12].parse().unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    Ok((status, head.to_lowercase(), body.to_owned()))
 }
 
 #[test]

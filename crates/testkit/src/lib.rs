@@ -12,6 +12,7 @@
 //! `iptables-save` or `ip` inside it and returns what they printed.
 
 use std::fs::File;
+use std::io::{Read, Write};
 use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -221,4 +222,21 @@ pub fn terminate(mut child: Child) {
         status.success(),
         "the process did not stop cleanly: {status}"
     );
+}
+
+/// A GET on 127.0.0.1:`port` inside `ns` (kipvs' health, metrics and healthCheckNodePort
+/// servers): status, lower-cased head and body; an error when nothing listens.
+pub fn try_http_get(ns: &Netns, port: u16, path: &str) -> std::io::Result<(u16, String, String)> {
+    let _inside = ns.enter();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: kipvs\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response[9..12].parse().expect("an HTTP/1.1 status line");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    Ok((status, head.to_lowercase(), body.to_owned()))
 }
